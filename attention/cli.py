@@ -1,0 +1,220 @@
+"""Command line: ``attention data | train | eval | report``.
+
+Every run is ``--config FILE`` (TOML) plus ``--set key=value`` overrides on the defaults; nothing else
+configures a run. User errors print one line and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from attention import AttentionError
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from attention.config import load_toml, parse_value
+
+    overrides: dict[str, Any] = {}
+    for path in args.config or []:
+        overrides.update(load_toml(path))
+    if getattr(args, "task", None):
+        overrides["data.task"] = args.task
+    for item in args.set or []:
+        if "=" not in item:
+            raise AttentionError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def _config(args: argparse.Namespace):
+    from attention.config import Config, with_overrides
+
+    return with_overrides(Config(), _overrides(args))
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    from attention.data.mnist import fetch
+
+    directory = fetch(args.data_dir)
+    print(f"MNIST verified in {directory}")
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from attention.config import DataConfig
+    from attention.data.mnist import load_mnist
+    from attention.data.tasks import fixed_set
+    from attention.report.figures import save_task_examples
+
+    data = DataConfig(
+        task=args.task,
+        canvas_size=args.canvas_size,
+        clutter_count=args.clutter_count,
+        test_seed=args.test_seed,
+    )
+    test = fixed_set(load_mnist(args.data_dir), data, "test")
+    out = Path(args.out or f"{args.task}-examples.png")
+    save_task_examples(test.images[: args.count], test.labels[: args.count], out)
+    print(f"wrote {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from attention.train import fit
+
+    config = _config(args)
+    result = fit(
+        config,
+        runs_dir=args.runs_dir,
+        run_dir=args.run_dir,
+        data_dir=args.data_dir,
+        device=args.device,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_dir) / result["config_hash"]
+    print(
+        f"run {run_dir}: test error {result['test_error_pct']:.2f}% (mean locations), "
+        f"{result['test_error_sampled_pct']:.2f}% (sampled) on {result['n_test']} {result['task']} "
+        f"test images after {result['epochs_run']} epochs, {result['train_seconds']:.0f}s"
+    )
+    if args.figure:
+        from attention.report.figures import save_glimpse_paths
+
+        save_glimpse_paths(run_dir, Path(args.figure), data_dir=args.data_dir, device=args.device)
+        print(f"wrote {args.figure}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from attention.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, test_seed=args.test_seed, data_dir=args.data_dir, device=args.device)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(
+            f"{result['task']}: test error {result['test_error_pct']:.2f}% (mean locations), "
+            f"{result['test_error_sampled_pct']:.2f}% (sampled), n_test {result['n_test']}, "
+            f"test seed {result['protocol']['test_seed']}"
+        )
+
+
+def cmd_report_glimpses(args: argparse.Namespace) -> None:
+    from attention.report.figures import save_glimpse_paths
+
+    save_glimpse_paths(
+        Path(args.run_dir),
+        Path(args.out),
+        data_dir=args.data_dir,
+        device=args.device,
+        count=args.count,
+        test_seed=args.test_seed,
+    )
+    print(f"wrote {args.out}")
+
+
+def cmd_report_table(args: argparse.Namespace) -> None:
+    from attention.report.tables import results_table
+
+    text = results_table([Path(p) for p in args.run_dirs])
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attention", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", help="MNIST directory (default: $ATTENTION_DATA, else the user cache)")
+
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+
+    data = commands.add_parser("data", help="get and look at the data").add_subparsers(
+        dest="data", required=True
+    )
+    fetch = data.add_parser("fetch", help="download MNIST from the public mirrors and verify it")
+    data_dir(fetch)
+    fetch.set_defaults(func=cmd_data_fetch)
+    show = data.add_parser(
+        "show", help="save a grid of random test cases of a task (like the paper's Fig. 2)"
+    )
+    show.add_argument("--task", required=True)
+    show.add_argument("--canvas-size", type=int)
+    show.add_argument("--clutter-count", type=int)
+    show.add_argument("--test-seed", type=int, default=2)
+    show.add_argument("--count", type=int, default=16)
+    show.add_argument("--out")
+    data_dir(show)
+    show.set_defaults(func=cmd_data_show)
+
+    train = commands.add_parser("train", help="train one run (config + overrides)")
+    train.add_argument("--task", help="shorthand for --set data.task=TASK")
+    train.add_argument("--config", action="append", help="TOML file of overrides (repeatable)")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. model.num_glimpses=6"
+    )
+    train.add_argument("--runs-dir", default="runs", help="parent of run directories (default: runs)")
+    train.add_argument("--run-dir", help="exact run directory (default: RUNS_DIR/<config hash>)")
+    train.add_argument("--resume", action="store_true", help="continue an unfinished run from its checkpoint")
+    train.add_argument("--figure", help="also save a glimpse-path figure of the trained model to this PNG")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    data_dir(train)
+    device(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="re-derive a run's test errors from its weights")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--test-seed", type=int, help="draw an independent test set with this seed")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    data_dir(evaluate)
+    device(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+
+    report = commands.add_parser("report", help="figures and tables from runs").add_subparsers(
+        dest="report", required=True
+    )
+    glimpses = report.add_parser(
+        "glimpses", help="glimpse paths and glimpses of a trained run (paper Fig. 3)"
+    )
+    glimpses.add_argument("run_dir")
+    glimpses.add_argument("--out", required=True)
+    glimpses.add_argument("--count", type=int, default=4)
+    glimpses.add_argument("--test-seed", type=int)
+    data_dir(glimpses)
+    device(glimpses)
+    glimpses.set_defaults(func=cmd_report_glimpses)
+    table = report.add_parser("table", help="Markdown table of run results")
+    table.add_argument("run_dirs", nargs="+")
+    table.add_argument("--out")
+    table.set_defaults(func=cmd_report_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except AttentionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; an unfinished run continues with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

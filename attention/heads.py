@@ -1,0 +1,125 @@
+"""Heads that read the core state h_t: classifier, baseline, and where-heads.
+
+Where-heads decide where the reader looks next. Each returns a :class:`WhereSample`:
+``stochastic`` heads also give the log-probability of the where actually used (for REINFORCE);
+deterministic heads give a differentiable where (for soft attention, trained by backprop).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attention import AttentionError
+from attention.registry import Registry
+
+WHERE_HEADS = Registry("where policy")
+BOUNDS = ("clamp", "none")
+
+
+@dataclass
+class WhereSample:
+    where: torch.Tensor  # (B, where_dim), what the reader is given
+    mean: torch.Tensor  # (B, where_dim), the policy's mean (equal to where for deterministic heads)
+    log_prob: torch.Tensor | None  # (B,), log pi(where | h) for stochastic heads, else None
+
+
+class Classifier(nn.Module):
+    """RAM's action network for classification: a linear softmax layer (returns logits)."""
+
+    def __init__(self, *, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h)
+
+
+class Baseline(nn.Module):
+    """b_t = Linear(h_t), fitted to the return by squared error (RAM sec. 3, variance reduction)."""
+
+    def __init__(self, *, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h).squeeze(1)
+
+
+@WHERE_HEADS.register("gaussian")
+class GaussianWhereHead(nn.Module):
+    """RAM's location network: l ~ N(mean(h), std^2 I) with a fixed std (sec. 4).
+
+    With ``bound="clamp"`` the mean is tanh(Linear(h)) and the sample is clamped to [-1, 1]; the
+    log-probability is that of the clamped location, the one the reader actually uses. With ``"none"`` the
+    mean is Linear(h) and the sample is used as drawn. The sample itself carries no gradient: REINFORCE
+    reaches the mean only through ``log_prob``.
+    """
+
+    stochastic = True
+
+    def __init__(self, *, hidden_size: int, where_dim: int, std: float, bound: str, **_unused: object):
+        super().__init__()
+        if not std > 0:
+            raise AttentionError(f"model.where.std must be > 0 for a Gaussian policy, got {std}")
+        if bound not in BOUNDS:
+            raise AttentionError(f"unknown model.where.bound '{bound}'; use one of {', '.join(BOUNDS)}")
+        self.linear = nn.Linear(hidden_size, where_dim)
+        self.std = std
+        self.bound = bound
+
+    def forward(self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None) -> WhereSample:
+        mean = self.linear(h)
+        if self.bound == "clamp":
+            mean = torch.tanh(mean)
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            where = mean.detach() + self.std * noise
+        else:
+            where = mean.detach()
+        if self.bound == "clamp":
+            where = where.clamp(-1.0, 1.0)
+        # log N(where; mean, std^2), summed over coordinates
+        log_prob = (
+            -((where - mean) ** 2) / (2 * self.std**2) - math.log(self.std) - 0.5 * math.log(2 * math.pi)
+        ).sum(dim=1)
+        return WhereSample(where=where, mean=mean, log_prob=log_prob)
+
+
+@WHERE_HEADS.register("random")
+class RandomWhereHead(nn.Module):
+    """The random-glimpse baseline: locations uniform on [-1, 1]^2, ignoring h; nothing to learn."""
+
+    stochastic = True
+
+    def __init__(self, *, where_dim: int, **_unused: object):
+        super().__init__()
+        self.where_dim = where_dim
+
+    def forward(self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None) -> WhereSample:
+        where = uniform_locations(h.shape[0], self.where_dim, h.device, generator)
+        return WhereSample(where=where, mean=where, log_prob=None)
+
+
+@WHERE_HEADS.register("deterministic")
+class DeterministicWhereHead(nn.Module):
+    """Soft attention's where-head: where = Linear(h), differentiable, trained by backprop."""
+
+    stochastic = False
+
+    def __init__(self, *, hidden_size: int, where_dim: int, **_unused: object):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, where_dim)
+
+    def forward(self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None) -> WhereSample:
+        where = self.linear(h)
+        return WhereSample(where=where, mean=where, log_prob=None)
+
+
+def uniform_locations(
+    batch: int, dim: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    return torch.rand(batch, dim, generator=generator, device=device) * 2 - 1

@@ -1,0 +1,86 @@
+"""DRAW's differentiable read: an N x N grid of Gaussian filters (Gregor et al. 2015, sec. 3.1).
+
+Pure functions plus a thin reader module. Coordinates follow the paper: image columns a = 1..A (A = W) and
+rows b = 1..B (B = H) are 1-based, so the centre g-tilde = 0 maps to (A + 1) / 2, the middle pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attention import AttentionError
+
+# Keeps a filter's normaliser away from zero when all its mass falls outside the image.
+NORMALISER_EPS = 1e-8
+
+
+def filter_centres(g: torch.Tensor, delta: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """mu^i = g + (i - N/2 - 0.5) * delta for i = 1..N (DRAW eq. (19); the paper's i is 1-based).
+
+    g, delta: (B,). Returns (B, N).
+    """
+    i = torch.arange(1, grid_size + 1, device=g.device, dtype=g.dtype)
+    return g[:, None] + (i - grid_size / 2 - 0.5)[None, :] * delta[:, None]
+
+
+def filterbank(centres: torch.Tensor, variance: torch.Tensor, length: int) -> torch.Tensor:
+    """F[i, a] = exp(-(a - mu^i)^2 / (2 sigma^2)) / Z_i over pixels a = 1..length (DRAW eqs. (25), (26)).
+
+    centres: (B, N); variance: (B,) sigma^2. Returns (B, N, length); each row sums to one.
+    """
+    a = torch.arange(1, length + 1, device=centres.device, dtype=centres.dtype)
+    logits = -((a[None, None, :] - centres[:, :, None]) ** 2) / (2 * variance[:, None, None])
+    weights = torch.exp(logits)
+    return weights / (weights.sum(dim=2, keepdim=True) + NORMALISER_EPS)
+
+
+def window(where: torch.Tensor, *, height: int, width: int, grid_size: int) -> dict[str, torch.Tensor]:
+    """Decode (g~x, g~y, log sigma^2, log delta~, log gamma) (B, 5) into the window (DRAW eqs. (21)-(24)).
+
+    Returns centre ``gx``, ``gy`` (1-based pixels), ``delta`` (stride), ``variance`` and ``gamma``, each (B,).
+    """
+    if where.dim() != 2 or where.shape[1] != 5:
+        raise ValueError(f"filterbank where must be (B, 5), got {tuple(where.shape)}")
+    gx_tilde, gy_tilde, log_variance, log_delta_tilde, log_gamma = where.unbind(dim=1)
+    gx = (width + 1) / 2 * (gx_tilde + 1)
+    gy = (height + 1) / 2 * (gy_tilde + 1)
+    delta = (max(width, height) - 1) / max(grid_size - 1, 1) * torch.exp(log_delta_tilde)
+    return {
+        "gx": gx,
+        "gy": gy,
+        "delta": delta,
+        "variance": torch.exp(log_variance),
+        "gamma": torch.exp(log_gamma),
+    }
+
+
+def read(images: torch.Tensor, where: torch.Tensor, *, grid_size: int) -> torch.Tensor:
+    """gamma * F_Y x F_X^T per channel (DRAW eq. (27)). images (B, C, H, W) -> (B, C, N, N)."""
+    _batch, _channels, height, width = images.shape
+    w = window(where, height=height, width=width, grid_size=grid_size)
+    f_x = filterbank(filter_centres(w["gx"], w["delta"], grid_size), w["variance"], width)  # (B, N, W)
+    f_y = filterbank(filter_centres(w["gy"], w["delta"], grid_size), w["variance"], height)  # (B, N, H)
+    # (B, N, H) @ (B, C, H, W) @ (B, W, N) -> (B, C, N, N)
+    patches = f_y[:, None] @ images @ f_x.transpose(1, 2)[:, None]
+    return w["gamma"][:, None, None, None] * patches
+
+
+class FilterbankReader(nn.Module):
+    """The DRAW read as a reader: flattened gamma * F_Y x F_X^T, of size C * N * N.
+
+    Its cost is O(N * H * W) per channel: it grows with the pixel count, unlike the retina's.
+    """
+
+    where_dim = 5
+    differentiable = True
+
+    def __init__(self, *, image_size: tuple[int, int], channels: int, grid_size: int, **_unused: object):
+        super().__init__()
+        if grid_size < 1:
+            raise AttentionError(f"filterbank needs grid_size >= 1, got {grid_size}")
+        self.grid_size = grid_size
+        self.out_dim = channels * grid_size * grid_size
+
+    def forward(self, images: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        return read(images, where, grid_size=self.grid_size).flatten(1)

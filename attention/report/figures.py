@@ -1,0 +1,195 @@
+"""Figures. Each ``plot_*`` takes data and a matplotlib Axes and returns the Axes; ``save_*`` compose them
+into PNG files with the Agg backend. Nothing here calls ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from attention.readers.filterbank import window  # noqa: E402
+from attention.readers.retina import _patch_start, glimpse  # noqa: E402
+
+RIGHT, WRONG = "tab:green", "tab:red"
+
+
+def to_pixels(where_xy: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T, 2) locations in [-1, 1] -> (T, 2) plot coordinates (column, row) for ``imshow``."""
+    x = (where_xy[:, 0] + 1) * width / 2 - 0.5
+    y = (where_xy[:, 1] + 1) * height / 2 - 0.5
+    return np.stack([x, y], axis=1)
+
+
+def plot_image(ax: Axes, image: np.ndarray, title: str | None = None) -> Axes:
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def plot_glimpse_path(
+    ax: Axes, image: np.ndarray, locations: np.ndarray, *, correct: bool, title: str | None = None
+) -> Axes:
+    """The image with the glimpse path: first glimpse a filled circle, last an empty one, straight lines
+    between; green when the model classified the image right, red when wrong (RAM Fig. 3)."""
+    plot_image(ax, image, title)
+    colour = RIGHT if correct else WRONG
+    points = to_pixels(locations, *image.shape)
+    ax.plot(points[:, 0], points[:, 1], "-", color=colour, linewidth=1.5)
+    ax.plot(points[0, 0], points[0, 1], "o", color=colour, markersize=7)
+    ax.plot(
+        points[-1, 0],
+        points[-1, 1],
+        "o",
+        markerfacecolor="none",
+        markeredgecolor=colour,
+        markersize=9,
+        markeredgewidth=1.5,
+    )
+    ax.set_xlim(-0.5, image.shape[1] - 0.5)
+    ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    return ax
+
+
+def retina_view(patches: np.ndarray, location: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Draw a glimpse's k scales (k, g, g) back at image size: each scale upsampled to its true width and
+    pasted at its place, coarsest first so finer scales lie on top; outside the retina is blank."""
+    num_scales, size, _ = patches.shape
+    view = np.zeros((height, width), dtype=np.float32)
+    centre = torch.tensor([(location[0] + 1) * width / 2, (location[1] + 1) * height / 2])
+    for scale in reversed(range(num_scales)):
+        factor = 2**scale
+        side = size * factor
+        top = int(_patch_start(centre[1:2], side)[0])
+        left = int(_patch_start(centre[0:1], side)[0])
+        upsampled = np.kron(patches[scale], np.ones((factor, factor), dtype=np.float32))
+        rows = slice(max(top, 0), min(top + side, height))
+        cols = slice(max(left, 0), min(left + side, width))
+        view[rows, cols] = upsampled[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+    return view
+
+
+def plot_filterbank_window(
+    ax: Axes, image: np.ndarray, where: np.ndarray, *, grid_size: int, colour: str = RIGHT
+) -> Axes:
+    """The soft reader's window on the image: the grid's extent (outermost filter centres) and centre."""
+    height, width = image.shape
+    w = window(
+        torch.as_tensor(where, dtype=torch.float32)[None], height=height, width=width, grid_size=grid_size
+    )
+    gx, gy, delta = (float(w[k][0]) for k in ("gx", "gy", "delta"))
+    half = (grid_size - 1) / 2 * delta
+    # 1-based filterbank pixels -> 0-based imshow coordinates
+    ax.add_patch(
+        Rectangle(
+            (gx - 1 - half, gy - 1 - half), 2 * half, 2 * half, fill=False, edgecolor=colour, linewidth=1.2
+        )
+    )
+    ax.plot(gx - 1, gy - 1, "+", color=colour, markersize=6)
+    return ax
+
+
+def save_task_examples(images: torch.Tensor, labels: torch.Tensor, out: Path, columns: int = 8) -> Path:
+    """A grid of task images (uint8 (N, S, S)) with their labels, like the paper's Fig. 2."""
+    count = len(labels)
+    rows = int(np.ceil(count / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.7 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < count:
+            plot_image(ax, images[i].numpy() / 255.0, title=f"label {int(labels[i])}")
+        else:
+            ax.axis("off")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def save_glimpse_paths(
+    run_dir: Path,
+    out: Path,
+    *,
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+    count: int = 4,
+    test_seed: int | None = None,
+) -> Path:
+    """Fig. 3 of the paper for a trained run: per test image, the path and then each step's glimpse."""
+    import dataclasses
+
+    from attention.data.mnist import load_mnist
+    from attention.data.tasks import fixed_set, to_float
+    from attention.evaluate import load_trained
+    from attention.train import pick_device
+
+    device_ = pick_device(device)
+    model, config = load_trained(run_dir, device_)
+    if config.model.name != "ram":
+        raise_not_attention(config.model.name)
+    data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
+    test = fixed_set(load_mnist(data_dir), data, "test")
+    images = to_float(test.images[:count], device_)
+    generator = torch.Generator(device=device_).manual_seed(data.test_seed)
+    with torch.no_grad():
+        rollout = model.unroll(images, sample=False, generator=generator)
+    predictions = rollout.logits.argmax(dim=1).cpu()
+    where = rollout.where.cpu().numpy()  # (T, B, where_dim)
+    steps = where.shape[0]
+    fig, axes = plt.subplots(count, steps + 1, figsize=(1.7 * (steps + 1), 1.8 * count), squeeze=False)
+    reader = config.model.reader
+    for i in range(count):
+        image = images[i, 0].cpu().numpy()
+        correct = bool(predictions[i] == test.labels[i])
+        label = f"label {int(test.labels[i])}, said {int(predictions[i])}"
+        if reader.name == "retina":
+            plot_glimpse_path(axes[i, 0], image, where[:, i], correct=correct, title=label)
+            for t in range(steps):
+                one = glimpse(
+                    images[i : i + 1].cpu(),
+                    torch.as_tensor(where[t, i : i + 1]).float(),
+                    patch_size=reader.patch_size,
+                    num_scales=reader.num_scales,
+                )[0, :, 0].numpy()
+                plot_image(
+                    axes[i, t + 1], retina_view(one, where[t, i], *image.shape), title=f"glimpse {t + 1}"
+                )
+        else:
+            plot_image(axes[i, 0], image, title=label)
+            for t in range(steps):
+                plot_filterbank_window(
+                    axes[i, 0],
+                    image,
+                    where[t, i],
+                    grid_size=reader.grid_size,
+                    colour=RIGHT if correct else WRONG,
+                )
+                with torch.no_grad():
+                    patch = model.reader(images[i : i + 1], rollout.where[t, i : i + 1])
+                side = reader.grid_size
+                plot_image(
+                    axes[i, t + 1], patch.reshape(side, side).cpu().numpy().clip(0, 1), title=f"read {t + 1}"
+                )
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def raise_not_attention(name: str) -> None:
+    from attention import AttentionError
+
+    raise AttentionError(
+        f"run's model is '{name}', which takes no glimpses; glimpse figures need model 'ram'"
+    )

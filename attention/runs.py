@@ -1,0 +1,110 @@
+"""Run directories: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``model.pt`` and ``result.json``.
+
+A run is identified by the hash of its resolved config (seed included); files are written atomically
+(temporary file + rename) so an interrupted run never leaves a half-written file under its real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attention import AttentionError
+from attention.config import Config, from_dict
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.pt"
+RESULT = "result.json"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(payload)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AttentionError(f"{path} does not exist; is {path.parent} a run directory?") from None
+    except json.JSONDecodeError as error:
+        raise AttentionError(f"{path} is not valid JSON ({error})") from None
+
+
+def atomic_torch_save(path: Path, value: Any) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(value, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise AttentionError(f"{path} does not exist") from None
+    except Exception as error:  # a corrupt or foreign file: say which and stop
+        raise AttentionError(f"{path} cannot be loaded as a weights-only checkpoint ({error})") from None
+
+
+def load_run_config(run_dir: Path) -> Config:
+    return from_dict(Config, read_json(Path(run_dir) / CONFIG))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(
+        Path(run_dir) / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    )
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,328 @@
+"""``fit(config)``: train one run end to end, resumably, and write its run directory.
+
+The same function serves the CLI, studies and search objectives. Model selection is on the validation
+error (mean locations); the test error is measured once, at the end, with the best validation weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from attention import AttentionError
+from attention.config import Config, config_hash, to_dict
+from attention.data.mnist import load_mnist
+from attention.data.tasks import TrainingStream, fixed_set, resolve, to_float
+from attention.evaluate import error_pct, evaluate_model
+from attention.losses import hybrid
+from attention.model import build_model
+from attention.runs import (
+    CHECKPOINT,
+    CONFIG,
+    RESULT,
+    WEIGHTS,
+    atomic_torch_save,
+    git_revision,
+    read_json,
+    read_metrics,
+    safe_load,
+    write_json,
+    write_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "linear", "cosine", "step", "plateau")
+# How often (in steps) the progress bar's loss and error are refreshed.
+PROGRESS_EVERY = 25
+
+
+def resolve_config(config: Config) -> Config:
+    """Fill derived defaults and refuse impossible settings before anything is trained."""
+    config = dataclasses.replace(config, data=resolve(config.data))
+    t = config.train
+    if t.optimizer not in OPTIMIZERS:
+        raise AttentionError(f"unknown train.optimizer '{t.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise AttentionError(f"unknown train.schedule '{t.schedule}'; use one of {', '.join(SCHEDULES)}")
+    checks = [
+        (t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.time_budget_s is None or t.time_budget_s > 0, "train.time_budget_s must be > 0 or none"),
+        (t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or none"),
+        (
+            t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+            "train.early_stopping_patience must be >= 1 or none",
+        ),
+        (0 <= t.min_lr_fraction <= 1, "train.min_lr_fraction must be in [0, 1]"),
+        (
+            t.step_epochs >= 1 and 0 < t.step_gamma <= 1,
+            "train.step_epochs must be >= 1, step_gamma in (0, 1]",
+        ),
+        (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+        (config.eval.sampled_repeats >= 1, "eval.sampled_repeats must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise AttentionError(message)
+    return config
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AttentionError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def make_model(config: Config, device: torch.device) -> torch.nn.Module:
+    """Build the model with weights drawn from the run's seed, without touching the global RNG state."""
+    size = config.data.canvas_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        model = build_model(config.model, image_size=(size, size))
+    return model.to(device)
+
+
+def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+
+
+def lr_factor(config: Config, progress: float, epoch: int, plateau_factor: float) -> float:
+    """Multiplier of the base learning rate; ``progress`` in [0, 1] is the fraction of all steps done."""
+    t = config.train
+    floor = t.min_lr_fraction
+    if t.schedule == "linear":
+        return 1 - (1 - floor) * progress
+    if t.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if t.schedule == "step":
+        return t.step_gamma ** (epoch // t.step_epochs)
+    if t.schedule == "plateau":
+        return plateau_factor
+    return 1.0
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def fit(
+    config: Config,
+    *,
+    runs_dir: str | Path = "runs",
+    run_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` and return its result (also written to ``result.json``).
+
+    The run directory is ``runs_dir/<config hash>`` unless ``run_dir`` is given. A finished run is not
+    retrained: its result is returned. An unfinished one continues only with ``resume=True``.
+    ``stop_after_epochs`` ends this call early (as an interruption would), leaving a resumable run.
+    """
+    config = resolve_config(config)
+    identity = config_hash(config)
+    run_dir = Path(run_dir) if run_dir else Path(runs_dir) / identity
+    device_ = pick_device(device)
+    checkpoint_path = run_dir / CHECKPOINT
+    if (run_dir / RESULT).exists():
+        log.info("run %s is finished; returning its result", run_dir)
+        return read_json(run_dir / RESULT)
+    if (run_dir / CONFIG).exists():
+        if read_json(run_dir / CONFIG) != to_dict(config):
+            raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
+        if checkpoint_path.exists() and not resume:
+            raise AttentionError(
+                f"{run_dir} holds an unfinished run: pass --resume to continue it, "
+                "or delete the directory to start again"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG, to_dict(config))
+
+    mnist = load_mnist(data_dir)
+    validation = fixed_set(mnist, config.data, "validation")
+    model = make_model(config, device_)
+    optimizer = make_optimizer(config, model)
+    data_generator = torch.Generator().manual_seed(config.train.seed)
+    sample_generator = _generator(config.train.seed + 1, device_)
+    stream = TrainingStream(mnist, config.data, data_generator)
+    t = config.train
+    steps_per_epoch = math.ceil(len(stream) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+
+    state = {
+        "epoch": 0,
+        "train_seconds": 0.0,
+        "best_error": math.inf,
+        "best_epoch": 0,
+        "stale_epochs": 0,
+        "plateau_factor": 1.0,
+        "plateau_stale": 0,
+        "stopped": None,
+    }
+    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics: list[dict[str, Any]] = []
+    if resume and checkpoint_path.exists():
+        saved = safe_load(checkpoint_path, map_location=device_)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        best_weights = saved["best_model"]
+        data_generator.set_state(saved["data_generator"])
+        sample_generator.set_state(saved["sample_generator"])
+        state.update(saved["state"])
+        metrics = read_metrics(run_dir)[: state["epoch"]]
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+
+    calls_epochs = 0
+    while state["stopped"] is None and state["epoch"] < t.epochs:
+        if stop_after_epochs is not None and calls_epochs >= stop_after_epochs:
+            return {"interrupted_after_epoch": state["epoch"], "run_dir": str(run_dir)}
+        epoch = state["epoch"]
+        started = time.perf_counter()
+        model.train()
+        sums = {"loss": 0.0, "cross_entropy": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0}
+        errors, seen = 0.0, 0
+        bar = tqdm(
+            stream.epoch(t.batch_size),
+            total=steps_per_epoch,
+            disable=not progress,
+            leave=False,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+        )
+        for step, (images, labels) in enumerate(bar):
+            lr = t.learning_rate * lr_factor(
+                config, (epoch * steps_per_epoch + step) / total_steps, epoch, state["plateau_factor"]
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = to_float(images, device_), labels.to(device_)
+            rollout = model.unroll(images, sample=True, generator=sample_generator)
+            terms = hybrid(
+                rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
+            )
+            if not torch.isfinite(terms.total):
+                raise AttentionError(
+                    f"loss became {terms.total.item()} in epoch {epoch + 1}, step {step + 1}; stopped, and "
+                    "the "
+                    f"last good checkpoint (epoch {epoch}) is kept in {run_dir}: lower train.learning_rate "
+                    "or set train.grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            if t.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            optimizer.step()
+            n = labels.shape[0]
+            seen += n
+            errors += terms.errors.item()
+            for key in sums:
+                value = terms.total if key == "loss" else getattr(terms, key)
+                sums[key] += value.item() * n
+            if progress and step % PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", err=f"{100 * errors / seen:.2f}%")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        val_error = error_pct(
+            model,
+            validation,
+            sample=False,
+            batch_size=t.eval_batch_size,
+            device=device_,
+            generator=_generator(config.data.validation_seed, device_),
+        )
+        epoch_seconds = time.perf_counter() - started
+        state["epoch"] = epoch + 1
+        state["train_seconds"] += epoch_seconds
+        improved = val_error < state["best_error"]
+        if improved:
+            state.update(best_error=val_error, best_epoch=epoch + 1, stale_epochs=0, plateau_stale=0)
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state["stale_epochs"] += 1
+            state["plateau_stale"] += 1
+            if t.schedule == "plateau" and state["plateau_stale"] >= t.plateau_patience:
+                state["plateau_factor"] *= t.step_gamma
+                state["plateau_stale"] = 0
+        if t.early_stopping_patience is not None and state["stale_epochs"] >= t.early_stopping_patience:
+            state["stopped"] = "early_stopping"
+        elif t.time_budget_s is not None and state["train_seconds"] >= t.time_budget_s:
+            state["stopped"] = "time_budget"
+        metrics.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": sums["loss"] / seen,
+                "cross_entropy": sums["cross_entropy"] / seen,
+                "reinforce": sums["reinforce"] / seen,
+                "baseline_mse": sums["baseline"] / seen,
+                "mean_reward": sums["reward"] / seen,
+                "train_error_pct": 100 * errors / seen,
+                "val_error_pct": val_error,
+                "train_images_per_s": seen / train_seconds,
+                "seconds": epoch_seconds,
+                "elapsed_seconds": state["train_seconds"],
+            }
+        )
+        write_metrics(run_dir, metrics)
+        atomic_torch_save(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "best_model": best_weights,
+                "data_generator": data_generator.get_state(),
+                "sample_generator": sample_generator.get_state(),
+                "state": state,
+            },
+        )
+        log.info(
+            "epoch %d: loss %.4f train error %.2f%% val error %.2f%% (%.1fs)",
+            epoch + 1,
+            sums["loss"] / seen,
+            100 * errors / seen,
+            val_error,
+            epoch_seconds,
+        )
+        calls_epochs += 1
+
+    model.load_state_dict(best_weights)
+    atomic_torch_save(run_dir / WEIGHTS, best_weights)
+    evaluation = evaluate_model(model, config, mnist, device=device_)
+    result = {
+        **evaluation,
+        "config_hash": identity,
+        "seed": t.seed,
+        "model": config.model.name,
+        "epochs_run": state["epoch"],
+        "epochs_budget": t.epochs,
+        "time_budget_s": t.time_budget_s,
+        "stopped_because": state["stopped"] or "epochs",
+        "best_epoch": state["best_epoch"],
+        "validation_error_pct": state["best_error"],
+        "train_seconds": state["train_seconds"],
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device_),
+        "torch_version": torch.__version__,
+        "git_revision": git_revision(),
+    }
+    write_json(run_dir / RESULT, result)
+    return result

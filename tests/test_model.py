@@ -1,0 +1,187 @@
+import itertools
+
+import pytest
+import torch
+
+from attention import AttentionError
+from attention.config import Config, ModelConfig, with_overrides
+from attention.cores import CORES
+from attention.heads import WHERE_HEADS
+from attention.losses import baseline_error, cross_entropy, hybrid, reinforce, reward
+from attention.model import build_model
+from attention.readers import READERS
+
+SIZE = 20
+
+
+def model_config(**overrides) -> ModelConfig:
+    base = {
+        "model.glimpse.image_hidden": 16,
+        "model.glimpse.location_hidden": 8,
+        "model.glimpse.output_size": 24,
+        "model.core.hidden_size": 32,
+        "model.reader.patch_size": 4,
+        "model.reader.num_scales": 2,
+        "model.reader.grid_size": 5,
+        "model.num_glimpses": 3,
+    }
+    base.update({f"model.{k}": v for k, v in overrides.items()})
+    return with_overrides(Config(), base).model
+
+
+def allowed_combinations():
+    for reader, core, policy in itertools.product(READERS.names(), CORES.names(), WHERE_HEADS.names()):
+        differentiable = READERS.get(reader).differentiable
+        if differentiable == (policy == "deterministic"):
+            yield reader, core, policy
+
+
+def build(config: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(config, image_size=(SIZE, SIZE))
+
+
+@pytest.mark.parametrize("reader,core,policy", list(allowed_combinations()))
+def test_every_allowed_combination_unrolls_with_documented_shapes(reader, core, policy):
+    config = model_config(**{"reader.name": reader, "core.name": core, "where.policy": policy})
+    model = build(config)
+    images = torch.rand(5, 1, SIZE, SIZE)
+    rollout = model.unroll(images, generator=torch.Generator().manual_seed(1))
+    where_dim = READERS.get(reader).where_dim
+    learned = policy == "gaussian"
+    assert rollout.logits.shape == (5, 10)
+    assert rollout.where.shape == (3, 5, where_dim) and rollout.where_mean.shape == (3, 5, where_dim)
+    assert rollout.log_probs.shape == ((2, 5) if learned else (0, 5))
+    assert rollout.baselines.shape == rollout.log_probs.shape
+    for tensor in (rollout.logits, rollout.where, rollout.log_probs, rollout.baselines):
+        assert torch.isfinite(tensor).all()
+    hybrid(rollout, torch.randint(10, (5,))).total.backward()
+    assert all(p.grad is not None for p in model.classifier.parameters())
+    again = build(config).unroll(images, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rollout.logits, again.logits)
+    torch.testing.assert_close(rollout.where, again.where)
+
+
+@pytest.mark.parametrize("name", ["fc", "cnn"])
+def test_feedforward_baselines_unroll_without_glimpses(name):
+    config = model_config(name=name, cnn_kernel=5, cnn_stride=3)
+    rollout = build(config).unroll(torch.rand(4, 1, SIZE, SIZE))
+    assert rollout.logits.shape == (4, 10) and rollout.where.shape[0] == 0
+    terms = hybrid(rollout, torch.randint(10, (4,)))
+    assert terms.reinforce == 0 and terms.baseline == 0
+    terms.total.backward()
+
+
+def test_paper_cnn_sizes():
+    config = with_overrides(Config(), {"model.name": "cnn", "model.cnn_filters": 16}).model
+    net = build_model(config, image_size=(60, 60)).net
+    assert net[0].out_channels == 16 and net[3].in_features == 16 * 11 * 11 and net[3].out_features == 256
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"reader.name": "filterbank", "where.policy": "gaussian"}, "deterministic"),
+        ({"reader.name": "retina", "where.policy": "deterministic"}, "gaussian"),
+        ({"num_glimpses": 0}, "num_glimpses"),
+        ({"where.std": -0.1}, "std"),
+        ({"where.bound": "wrap"}, "bound"),
+        ({"where.initial": "corner"}, "initial"),
+        ({"reader.name": "fovea"}, "unknown reader"),
+        ({"core.name": "gru"}, "unknown core"),
+        ({"where.policy": "greedy"}, "unknown where policy"),
+        ({"name": "transformer"}, "unknown model"),
+    ],
+)
+def test_impossible_configurations_are_refused_when_built(overrides, message):
+    with pytest.raises(AttentionError, match=message):
+        build(model_config(**overrides))
+
+
+def grads_of(module):
+    return [p.grad for p in module.parameters()]
+
+
+def moved(module) -> bool:
+    return any(g is not None and g.abs().sum() > 0 for g in grads_of(module))
+
+
+def ram_and_rollout(**overrides):
+    model = build(model_config(**overrides))
+    rollout = model.unroll(torch.rand(6, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(3))
+    return model, rollout, torch.randint(10, (6,))
+
+
+def test_classification_loss_does_not_move_the_location_policy():
+    model, rollout, labels = ram_and_rollout()
+    cross_entropy(rollout, labels).backward()
+    assert moved(model.classifier) and moved(model.core) and moved(model.glimpse_network)
+    assert not moved(model.where_head)
+
+
+def test_reinforce_moves_the_location_policy_and_not_the_classifier():
+    model, rollout, labels = ram_and_rollout()
+    returns = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    reinforce(rollout, returns).backward()
+    assert moved(model.where_head)
+    assert not moved(model.classifier) and not moved(model.baseline)
+    # by default (routing.reinforce_reaches_core = false) the core and glimpse network are left alone
+    assert not moved(model.core) and not moved(model.glimpse_network)
+
+
+def test_reinforce_reaches_core_when_routed_there():
+    model, rollout, _ = ram_and_rollout(**{"routing.reinforce_reaches_core": True})
+    reinforce(rollout, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])).backward()
+    assert moved(model.where_head) and moved(model.core) and moved(model.glimpse_network)
+    assert not moved(model.classifier)
+
+
+def test_baseline_error_trains_only_the_baseline_unless_routed_to_core():
+    model, rollout, labels = ram_and_rollout()
+    baseline_error(rollout, reward(rollout, labels)).backward()
+    assert moved(model.baseline) and not moved(model.core) and not moved(model.where_head)
+    model, rollout, labels = ram_and_rollout(**{"routing.baseline_reaches_core": True})
+    baseline_error(rollout, reward(rollout, labels)).backward()
+    assert moved(model.baseline) and moved(model.core)
+
+
+def test_soft_reader_classification_loss_reaches_the_where_head():
+    model, rollout, labels = ram_and_rollout(**{"reader.name": "filterbank", "where.policy": "deterministic"})
+    cross_entropy(rollout, labels).backward()
+    assert moved(model.where_head)
+
+
+def test_log_prob_is_of_the_location_actually_used():
+    model, rollout, _ = ram_and_rollout(**{"where.std": 0.5})
+    std = model.config.where.std
+    used = rollout.where[1:]  # locations chosen by the policy (the first is the random start)
+    assert used.abs().max() <= 1.0  # bound = clamp
+    expected = torch.distributions.Normal(rollout.where_mean[1:], std).log_prob(used).sum(-1)
+    torch.testing.assert_close(rollout.log_probs, expected)
+
+
+def test_mean_unroll_follows_policy_means():
+    model = build(model_config(**{"where.initial": "center"}))
+    rollout = model.unroll(torch.rand(4, 1, SIZE, SIZE), sample=False)
+    torch.testing.assert_close(rollout.where, rollout.where_mean)
+    assert rollout.where[0].abs().sum() == 0
+
+
+def test_reinforce_step_raises_log_prob_of_a_rewarded_location():
+    model = build(model_config(**{"where.std": 0.3, "num_glimpses": 2, "where.initial": "center"}))
+    images = torch.rand(6, 1, SIZE, SIZE)
+    rollout = model.unroll(images, generator=torch.Generator().manual_seed(4))
+    returns = torch.zeros(6)
+    returns[0] = 1.0  # only example 0 was rewarded
+
+    def log_prob_of_chosen():
+        h, _ = model.step(images, rollout.where[0], model.core.initial_state(6, images.device))
+        mean = model.where_head(h, sample=False, generator=None).mean
+        return torch.distributions.Normal(mean, 0.3).log_prob(rollout.where[1]).sum(-1)
+
+    before = log_prob_of_chosen().detach()
+    optimizer = torch.optim.SGD(model.where_head.parameters(), lr=0.05)
+    reinforce(rollout, returns).backward()
+    optimizer.step()
+    after = log_prob_of_chosen().detach()
+    assert after[0] > before[0]

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from attention import AttentionError
+from attention.readers.retina import RetinaReader, glimpse
+
+
+def reference_glimpse(images, locations, patch_size, num_scales):
+    """Slow per-example, per-pixel reference: the definition written out as loops."""
+    batch, channels, height, width = images.shape
+    out = torch.zeros(batch, num_scales, channels, patch_size, patch_size, dtype=torch.float64)
+    for b in range(batch):
+        cx = (float(locations[b, 0]) + 1) * width / 2
+        cy = (float(locations[b, 1]) + 1) * height / 2
+        for s in range(num_scales):
+            factor = 2**s
+            side = patch_size * factor
+            top = int(torch.floor(torch.tensor(cy - side / 2 + 0.5)))
+            left = int(torch.floor(torch.tensor(cx - side / 2 + 0.5)))
+            for c in range(channels):
+                for i in range(patch_size):
+                    for j in range(patch_size):
+                        total = 0.0
+                        for di in range(factor):
+                            for dj in range(factor):
+                                r, q = top + i * factor + di, left + j * factor + dj
+                                if 0 <= r < height and 0 <= q < width:
+                                    total += float(images[b, c, r, q])
+                        out[b, s, c, i, j] = total / factor**2
+    return out
+
+
+@pytest.mark.parametrize("patch_size,num_scales,size", [(8, 1, 28), (4, 3, 20), (5, 2, 17), (3, 3, 11)])
+def test_vectorized_retina_equals_reference_loop(patch_size, num_scales, size):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 2, size, size + 3, generator=generator, dtype=torch.float64)
+    # include the centre, the corners and points outside the image
+    locations = torch.tensor([[0.0, 0.0], [-1.0, -1.0], [1.1, -0.3]], dtype=torch.float64)
+    fast = glimpse(images, locations, patch_size=patch_size, num_scales=num_scales)
+    slow = reference_glimpse(images, locations, patch_size, num_scales)
+    assert fast.shape == (3, num_scales, 2, patch_size, patch_size)
+    torch.testing.assert_close(fast, slow)
+
+
+def test_one_pixel_image_peaks_at_patch_centre():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 14, 14] = 1.0
+    # (0, 0) is the image centre: an even 8x8 patch spans pixels 10..17, so pixel 14 sits at (4, 4)
+    patch = glimpse(image, torch.zeros(1, 2), patch_size=8, num_scales=1)[0, 0, 0]
+    assert patch[4, 4] == 1.0 and patch.sum() == 1.0
+
+
+def test_x_moves_across_columns_and_y_across_rows():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 14, 14] = 1.0
+    step = 2 / 28  # one pixel in location units
+    right = glimpse(image, torch.tensor([[2 * step, 0.0]]), patch_size=8, num_scales=1)[0, 0, 0]
+    down = glimpse(image, torch.tensor([[0.0, 2 * step]]), patch_size=8, num_scales=1)[0, 0, 0]
+    # looking 2 px to the right moves the pixel 2 columns left in the patch; likewise rows for y
+    assert right[4, 2] == 1.0
+    assert down[2, 4] == 1.0
+
+
+def test_top_left_corner_is_minus_one_minus_one_and_outside_reads_zero():
+    image = torch.ones(1, 1, 10, 10)
+    patch = glimpse(image, torch.tensor([[-1.0, -1.0]]), patch_size=4, num_scales=1)[0, 0, 0]
+    # centred on the corner: the top-left quarter is outside the image
+    assert patch[:2, :2].sum() == 0
+    assert patch[2:, 2:].sum() == 4
+    assert patch.sum() == 4
+
+
+def test_coarser_scales_average_blocks():
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    patches = glimpse(image, torch.zeros(1, 2), patch_size=2, num_scales=2)[0, :, 0]
+    torch.testing.assert_close(patches[0], torch.tensor([[5.0, 6.0], [9.0, 10.0]]))
+    # scale 2 covers the whole 4x4 image, each output the mean of a 2x2 block
+    torch.testing.assert_close(patches[1], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
+
+
+def test_retina_wider_than_sensible_is_refused():
+    with pytest.raises(AttentionError, match="widest patch"):
+        RetinaReader(image_size=(28, 28), channels=1, patch_size=8, num_scales=6)

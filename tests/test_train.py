@@ -1,0 +1,196 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attention import AttentionError
+from attention.config import Config, with_overrides
+from attention.evaluate import evaluate_run
+from attention.runs import CHECKPOINT, CONFIG, METRICS, RESULT, WEIGHTS, read_metrics
+from attention.train import fit, resolve_config
+
+SMOKE = {
+    "data.train_limit": 512,
+    "train.batch_size": 128,
+    "train.epochs": 3,
+    "model.num_glimpses": 3,
+    "train.eval_batch_size": 2000,
+}
+
+
+def smoke(**overrides) -> Config:
+    return with_overrides(Config(), {**SMOKE, **overrides})
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.optimizer", "lbfgs", "unknown train.optimizer"),
+        ("train.schedule", "exp", "unknown train.schedule"),
+        ("train.learning_rate", 0.0, "learning_rate"),
+        ("train.epochs", 0, "epochs"),
+        ("train.batch_size", 0, "batch_size"),
+        ("data.task", "cifar", "unknown task"),
+    ],
+)
+def test_impossible_training_configurations_are_refused_before_training(key, value, message):
+    with pytest.raises(AttentionError, match=message):
+        resolve_config(with_overrides(Config(), {key: value}))
+
+
+@pytest.mark.mnist
+def test_run_directory_holds_config_metrics_checkpoint_weights_and_result(mnist_dir, tmp_path):
+    result = fit(smoke(), run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    run = tmp_path / "run"
+    for name in (CONFIG, METRICS, CHECKPOINT, WEIGHTS, RESULT):
+        assert (run / name).is_file()
+    metrics = read_metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert {"train_loss", "train_error_pct", "val_error_pct", "mean_reward", "seconds"} <= set(metrics[0])
+    assert result["n_test"] == 10000 and result["epochs_run"] == 3
+    # weights load without unpickling arbitrary objects and re-derive the same test errors
+    torch.load(run / WEIGHTS, weights_only=True)
+    torch.load(run / CHECKPOINT, weights_only=True)
+    again = evaluate_run(run, data_dir=mnist_dir)
+    assert again["test_error_pct"] == result["test_error_pct"]
+    assert again["test_error_sampled_pct"] == result["test_error_sampled_pct"]
+
+
+@pytest.mark.mnist
+def test_training_learns_on_a_small_mnist_subset(mnist_dir, tmp_path):
+    config = smoke(
+        **{
+            "data.train_limit": 4000,
+            "train.epochs": 4,
+            "model.num_glimpses": 4,
+            "model.where.initial": "center",
+            "model.reader.num_scales": 2,
+        }
+    )
+    fit(config, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    errors = [m["val_error_pct"] for m in read_metrics(tmp_path / "run")]
+    assert errors[-1] < 40 and errors[-1] < errors[0]
+
+
+@pytest.mark.mnist
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(mnist_dir, tmp_path):
+    config = smoke()
+    fit(config, run_dir=tmp_path / "whole", data_dir=mnist_dir, progress=False)
+    partial = fit(config, run_dir=tmp_path / "split", data_dir=mnist_dir, progress=False, stop_after_epochs=1)
+    assert partial["interrupted_after_epoch"] == 1
+    with pytest.raises(AttentionError, match="--resume"):
+        fit(config, run_dir=tmp_path / "split", data_dir=mnist_dir, progress=False)
+    fit(config, run_dir=tmp_path / "split", data_dir=mnist_dir, progress=False, resume=True)
+    whole = torch.load(tmp_path / "whole" / WEIGHTS, weights_only=True)
+    split = torch.load(tmp_path / "split" / WEIGHTS, weights_only=True)
+    for key in whole:
+        assert torch.equal(whole[key], split[key]), key
+
+    def strip(rows):  # wall-clock fields differ between any two runs
+        return [{k: v for k, v in r.items() if "second" not in k and "per_s" not in k} for r in rows]
+
+    assert strip(read_metrics(tmp_path / "whole")) == strip(read_metrics(tmp_path / "split"))
+
+
+@pytest.mark.mnist
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    import attention.train as train_module
+
+    real_hybrid = train_module.hybrid
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        terms = real_hybrid(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 4:  # 512 images / 128 = 4 steps: the second epoch goes bad
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "hybrid", poisoned)
+    with pytest.raises(AttentionError, match="loss became nan in epoch 2"):
+        fit(smoke(), run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert saved["state"]["epoch"] == 1
+    assert not (tmp_path / "run" / RESULT).exists()
+
+
+@pytest.mark.mnist
+def test_cli_train_then_eval_json(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "attention.cli",
+        "train",
+        "--task",
+        "translated",
+        "--run-dir",
+        str(run),
+        "--data-dir",
+        str(mnist_dir),
+        "--no-progress",
+        "--set",
+        "data.train_limit=256",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "model.reader.patch_size=12",
+        "--set",
+        "model.reader.num_scales=3",
+        "--figure",
+        str(tmp_path / "paths.png"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "test error" in done.stdout
+    assert (tmp_path / "paths.png").stat().st_size > 10_000
+    shown = subprocess.run(
+        [sys.executable, "-m", "attention.cli", "eval", str(run), "--json", "--data-dir", str(mnist_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(shown.stdout)
+    assert result["task"] == "translated" and result["n_test"] == 10000
+    assert result["test_error_pct"] == json.loads((run / RESULT).read_text())["test_error_pct"]
+    assert "test_error_sampled_pct" in result
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attention.cli",
+            "eval",
+            str(run),
+            "--json",
+            "--test-seed",
+            "5",
+            "--data-dir",
+            str(mnist_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(other.stdout)["protocol"]["test_seed"] == 5
+
+
+def test_cli_refuses_bad_overrides_in_one_line(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attention.cli",
+            "train",
+            "--set",
+            "model.reader.patc=3",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: unknown config key 'model.reader.patc'")
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
