@@ -140,6 +140,7 @@ def fit(
     ``stop_after_epochs`` ends this call early (as an interruption would), leaving a resumable run.
     """
     config = resolve_config(config)
+    revision = git_revision()  # the code this call starts with, not whatever is checked out at the end
     identity = config_hash(config)
     run_dir = Path(run_dir) if run_dir else Path(runs_dir) / identity
     device_ = pick_device(device)
@@ -322,7 +323,7 @@ def fit(
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device_),
         "torch_version": torch.__version__,
-        "git_revision": git_revision(),
+        "git_revision": revision,
     }
     write_json(run_dir / RESULT, result)
     return result
