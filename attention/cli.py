@@ -1,4 +1,4 @@
-"""Command line: ``attention data | train | eval | report``.
+"""Command line: ``attention data | train | eval | report | bench``.
 
 Every run is ``--config FILE`` (TOML) plus ``--set key=value`` overrides on the defaults; nothing else
 configures a run. User errors print one line and exit with status 2, without a traceback.
@@ -128,6 +128,26 @@ def cmd_report_table(args: argparse.Namespace) -> None:
         print(text, end="")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from attention import bench
+    from attention.runs import write_json
+    from attention.train import pick_device
+
+    result = bench.run(
+        quick=args.quick,
+        data_dir=args.data_dir,
+        device=pick_device(args.device),
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    print(bench.format_table(result), end="")
+    if args.json:
+        write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
+    if args.figure:
+        bench.save_scaling_figure(result, Path(args.figure))
+        print(f"wrote {args.figure}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attention", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
@@ -197,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("run_dirs", nargs="+")
     table.add_argument("--out")
     table.set_defaults(func=cmd_report_table)
+
+    bench = commands.add_parser("bench", help="training throughput and inference cost against image size")
+    bench.add_argument("--json", help="also write the measurements to this JSON file")
+    bench.add_argument("--figure", help="also save the log-log cost figure to this PNG")
+    bench.add_argument("--quick", action="store_true", help="few repetitions and small sizes (a smoke test)")
+    data_dir(bench)
+    device(bench)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -125,7 +125,7 @@ def test_cli_train_then_eval_json(mnist_dir, tmp_path):
         "attention.cli",
         "train",
         "--task",
-        "translated",
+        "mnist",
         "--run-dir",
         str(run),
         "--data-dir",
@@ -136,7 +136,7 @@ def test_cli_train_then_eval_json(mnist_dir, tmp_path):
         "--set",
         "train.epochs=1",
         "--set",
-        "model.reader.patch_size=12",
+        "model.reader.patch_size=6",
         "--set",
         "model.reader.num_scales=3",
         "--figure",
@@ -152,7 +152,7 @@ def test_cli_train_then_eval_json(mnist_dir, tmp_path):
         check=True,
     )
     result = json.loads(shown.stdout)
-    assert result["task"] == "translated" and result["n_test"] == 10000
+    assert result["task"] == "mnist" and result["n_test"] == 10000
     assert result["test_error_pct"] == json.loads((run / RESULT).read_text())["test_error_pct"]
     assert "test_error_sampled_pct" in result
     other = subprocess.run(

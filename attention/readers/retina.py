@@ -18,6 +18,43 @@ def _patch_start(centre: torch.Tensor, width: int) -> torch.Tensor:
     return torch.floor(centre - width / 2 + 0.5).long()
 
 
+def _read_square(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: int) -> torch.Tensor:
+    """The ``side`` x ``side`` squares at (top, left) of each image, zero outside: (B, C, side, side).
+
+    One ``index_select`` on the flattened batch with clamped indices (so it stays in bounds without padding
+    or copying the image), then the pixels that lie outside are zeroed by row and column masks.
+    """
+    batch, channels, height, width = images.shape
+    offsets = torch.arange(side, device=images.device)
+    rows = top[:, None] + offsets  # (B, side)
+    cols = left[:, None] + offsets  # (B, side)
+    # flat index = image * H * W + row * W + col, built from (B, C, side) and (B, side) parts so that only
+    # the final sum has the full (B, C, side, side) size
+    image_start = torch.arange(batch * channels, device=images.device).view(batch, channels, 1)
+    image_start = image_start * (height * width)
+    row_start = image_start + rows.clamp(0, height - 1)[:, None, :] * width  # (B, C, side)
+    index = row_start[:, :, :, None] + cols.clamp(0, width - 1)[:, None, None, :]  # (B, C, side, side)
+    patch = images.reshape(-1).index_select(0, index.view(-1)).view(batch, channels, side, side)
+    row_inside = ((rows >= 0) & (rows < height)).to(images.dtype)
+    col_inside = ((cols >= 0) & (cols < width)).to(images.dtype)
+    return patch.mul_(row_inside[:, None, :, None]).mul_(col_inside[:, None, None, :])
+
+
+def _area_pool(patch: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean of each ``factor`` x ``factor`` block: (B, C, n*f, n*f) -> (B, C, n, n).
+
+    Summed as ``factor``**2 strided slices: tiny reductions over reshaped axes are much slower on CPU.
+    """
+    if factor == 1:
+        return patch
+    total = None
+    for i in range(factor):
+        for j in range(factor):
+            part = patch[:, :, i::factor, j::factor]
+            total = part.clone() if total is None else total.add_(part)
+    return total.mul_(1.0 / (factor * factor))
+
+
 def glimpse(
     images: torch.Tensor, locations: torch.Tensor, *, patch_size: int, num_scales: int
 ) -> torch.Tensor:
@@ -32,32 +69,34 @@ def glimpse(
     Returns:
         (B, k, C, g_w, g_w). Pixels outside the image read as zero.
 
-    Only the returned pixels are touched: one batched gather per scale, no padding or copy of the image,
-    so the cost does not depend on H or W.
+    Only the returned pixels are touched (no padding or copy of the image), so the cost does not depend on
+    H or W. With an even g_w the patches are nested on the pixel grid, so the widest one is read once and
+    the others are its central crops, pooled as a pyramid; otherwise each scale is read on its own.
     """
     if images.dim() != 4 or locations.shape != (images.shape[0], 2):
         raise ValueError(
             f"expected images (B, C, H, W) and locations (B, 2), got {tuple(images.shape)} "
             f"and {tuple(locations.shape)}"
         )
-    batch, channels, height, width = images.shape
-    flat = images.reshape(batch, channels, height * width)
+    height, width = images.shape[2:]
     centre_x = (locations[:, 0].detach() + 1) * (width / 2)
     centre_y = (locations[:, 1].detach() + 1) * (height / 2)
+    widest = patch_size * 2 ** (num_scales - 1)
     scales = []
-    for scale in range(num_scales):
-        factor = 2**scale
-        side = patch_size * factor
-        offsets = torch.arange(side, device=images.device)
-        rows = _patch_start(centre_y, side)[:, None] + offsets  # (B, side)
-        cols = _patch_start(centre_x, side)[:, None] + offsets  # (B, side)
-        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-        index = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]
-        index = index.reshape(batch, 1, side * side).expand(batch, channels, side * side)
-        patch = flat.gather(2, index) * inside.reshape(batch, 1, side * side).to(images.dtype)
-        if factor > 1:  # area averaging: mean of each factor x factor block
-            patch = patch.reshape(batch, channels, patch_size, factor, patch_size, factor).mean(dim=(3, 5))
-        scales.append(patch.reshape(batch, channels, patch_size, patch_size))
+    if patch_size % 2 == 0 or num_scales == 1:
+        # Patch s starts (widest - g_w 2**s) / 2 pixels inside the widest one: a multiple of 2**s when g_w is
+        # even, so the widest patch is read once, pooled by 2 per scale, and each scale is a centre crop.
+        level = _read_square(images, _patch_start(centre_y, widest), _patch_start(centre_x, widest), widest)
+        for scale in range(num_scales):
+            if scale > 0:
+                level = _area_pool(level, 2)
+            margin = (level.shape[-1] - patch_size) // 2
+            scales.append(level[:, :, margin : margin + patch_size, margin : margin + patch_size])
+    else:
+        for scale in range(num_scales):
+            side = patch_size * 2**scale
+            square = _read_square(images, _patch_start(centre_y, side), _patch_start(centre_x, side), side)
+            scales.append(_area_pool(square, 2**scale))
     return torch.stack(scales, dim=1)
 
 

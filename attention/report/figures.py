@@ -193,3 +193,37 @@ def raise_not_attention(name: str) -> None:
     raise AttentionError(
         f"run's model is '{name}', which takes no glimpses; glimpse figures need model 'ram'"
     )
+
+
+def plot_scaling(ax: Axes, rows: list[dict]) -> Axes:
+    """Log-log cost per image against image size, one line per model and batch size."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for index, model in enumerate(models):
+        colour = f"C{index}"
+        for batch, style in ((128, "-o"), (1, "--s")):
+            points = sorted(
+                (r["image_size"], r["ms_per_image"])
+                for r in rows
+                if r["model"] == model and r["batch"] == batch
+            )
+            if points:
+                sizes, costs = zip(*points, strict=True)
+                ax.plot(sizes, costs, style, color=colour, markersize=4, label=f"{model}, batch {batch}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("image side (pixels)")
+    ax.set_ylabel("inference time per image (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path:
+    """Draw with ``draw(ax)`` on a fresh figure and save it as a PNG."""
+    fig, ax = plt.subplots(figsize=size)
+    draw(ax)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

@@ -1,0 +1,321 @@
+"""``attention bench``: training throughput, data-generation throughput and inference cost vs image size.
+
+Speed is measured here and nowhere else (no timed tests). Every figure is a median over repeated timed
+repetitions after a warm-up, with min and max, on synthetic inputs of the right shape (data generation on
+real MNIST when available).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from attention.config import Config, with_overrides
+from attention.losses import hybrid
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    name: str
+    overrides: dict[str, Any]
+
+
+TRAINING_CASES = (
+    TrainingCase(
+        "RAM mnist 28x28, 6 glimpses 8x8, 1 scale",
+        {
+            "data.task": "mnist",
+            "model.num_glimpses": 6,
+            "model.reader.patch_size": 8,
+            "model.reader.num_scales": 1,
+        },
+    ),
+    TrainingCase(
+        "RAM translated 60x60, 6 glimpses 12x12, 3 scales",
+        {
+            "data.task": "translated",
+            "data.canvas_size": 60,
+            "model.num_glimpses": 6,
+            "model.reader.patch_size": 12,
+            "model.reader.num_scales": 3,
+        },
+    ),
+    TrainingCase(
+        "RAM cluttered 100x100, 8 glimpses 12x12, 4 scales",
+        {
+            "data.task": "cluttered",
+            "data.canvas_size": 100,
+            "model.num_glimpses": 8,
+            "model.reader.patch_size": 12,
+            "model.reader.num_scales": 4,
+        },
+    ),
+    TrainingCase(
+        "soft attention cluttered 100x100, 8 glimpses N=12",
+        {
+            "data.task": "cluttered",
+            "data.canvas_size": 100,
+            "model.num_glimpses": 8,
+            "model.reader.name": "filterbank",
+            "model.reader.grid_size": 12,
+            "model.where.policy": "deterministic",
+        },
+    ),
+)
+
+SCALING_SIZES = (60, 100, 200, 400, 800, 1000)
+SCALING_MODELS = {
+    "RAM (6 glimpses 12x12, 3 scales)": {
+        "model.num_glimpses": 6,
+        "model.reader.patch_size": 12,
+        "model.reader.num_scales": 3,
+    },
+    "soft attention (6 glimpses N=12)": {
+        "model.num_glimpses": 6,
+        "model.reader.name": "filterbank",
+        "model.reader.grid_size": 12,
+        "model.where.policy": "deterministic",
+    },
+    "CNN (8 10x10 filters stride 5, 256)": {"model.name": "cnn"},
+    "FC (256, 256)": {"model.name": "fc"},
+}
+
+
+def timed(function: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times: list[float], items: int) -> dict[str, float]:
+    rates = sorted(items / t for t in times)
+    return {"images_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1]}
+
+
+def training_throughput(
+    case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist=None, device: torch.device
+) -> dict[str, Any]:
+    from attention.data.tasks import TrainingStream, resolve, to_float
+    from attention.train import make_model, make_optimizer
+
+    config = with_overrides(Config(), case.overrides)
+    config = with_overrides(config, {"data.canvas_size": resolve(config.data).canvas_size})
+    size = config.data.canvas_size
+    model = make_model(config, device)
+    optimizer = make_optimizer(config, model)
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.randint(10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
+
+    def step(images=images, labels=labels):
+        rollout = model.unroll(images, sample=True, generator=generator)
+        loss = hybrid(rollout, labels).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    row = {
+        "config": case.name,
+        "overrides": case.overrides,
+        "batch": batch,
+        **_summary(timed(step, warmup=warmup, repeats=repeats), batch),
+    }
+    if mnist is not None:
+        stream = TrainingStream(mnist, config.data, torch.Generator().manual_seed(0))
+        batches = stream.epoch(batch)
+
+        def data_only():
+            return next(batches)
+
+        row["data_generation"] = _summary(timed(data_only, warmup=warmup, repeats=repeats), batch)
+
+        def step_with_data():
+            raw, targets = next(batches)
+            step(to_float(raw, device), targets.to(device))
+
+        row["with_data_generation"] = _summary(timed(step_with_data, warmup=warmup, repeats=repeats), batch)
+    return row
+
+
+def inference_cost(
+    name: str,
+    overrides: dict[str, Any],
+    size: int,
+    *,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    from attention.model import build_model
+
+    config = with_overrides(Config(), overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(config.model, image_size=(size, size)).to(device).eval()
+    images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    @torch.no_grad()
+    def forward():
+        model.unroll(images, sample=False, generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = timed(forward, warmup=warmup, repeats=repeats)
+    per_image = sorted(1000 * t / batch for t in times)
+    return {
+        "model": name,
+        "image_size": size,
+        "batch": batch,
+        "ms_per_image": statistics.median(per_image),
+        "min": per_image[0],
+        "max": per_image[-1],
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run(
+    *,
+    quick: bool = False,
+    data_dir=None,
+    device: torch.device | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command."""
+    from attention import AttentionError
+    from attention.data.mnist import load_mnist
+
+    device = device or torch.device("cpu")
+    warmup, repeats = (1, 2) if quick else (5, 20)
+    try:
+        mnist = load_mnist(data_dir)
+    except AttentionError as error:
+        progress(f"no MNIST ({error}); data generation is not measured")
+        mnist = None
+    training = []
+    for case in TRAINING_CASES:
+        progress(f"training: {case.name}")
+        training.append(
+            training_throughput(case, batch=128, warmup=warmup, repeats=repeats, mnist=mnist, device=device)
+        )
+    scaling = []
+    sizes = SCALING_SIZES[:2] if quick else SCALING_SIZES
+    for name, overrides in SCALING_MODELS.items():
+        for size in sizes:
+            for batch in (128, 1):
+                progress(f"inference: {name}, {size}x{size}, batch {batch}")
+                scaling.append(
+                    inference_cost(
+                        name,
+                        overrides,
+                        size,
+                        batch=batch,
+                        warmup=warmup,
+                        repeats=max(3, repeats // (4 if batch == 128 and size >= 800 else 1)),
+                        device=device,
+                    )
+                )
+    return {
+        "machine": machine(),
+        "device": str(device),
+        "warmup": warmup,
+        "repeats": repeats,
+        "training": training,
+        "scaling": scaling,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = ["Training throughput, batch 128 (images/s: median [min, max])", ""]
+    for row in result["training"]:
+        line = f"  {row['config']:<55} {row['images_per_s']:>8.0f} [{row['min']:.0f}, {row['max']:.0f}]"
+        if "with_data_generation" in row:
+            line += (
+                f"   with data generation {row['with_data_generation']['images_per_s']:.0f}"
+                f"   data alone {row['data_generation']['images_per_s']:.0f}"
+            )
+        lines.append(line)
+    lines += ["", "Inference cost per image (ms) against image size", ""]
+    sizes = sorted({r["image_size"] for r in result["scaling"]})
+    header = f"  {'model':<40} {'batch':>5} " + " ".join(f"{s:>9}" for s in sizes)
+    lines.append(header)
+    models = list(dict.fromkeys(r["model"] for r in result["scaling"]))
+    for model in models:
+        for batch in (128, 1):
+            cells = {
+                r["image_size"]: r["ms_per_image"]
+                for r in result["scaling"]
+                if r["model"] == model and r["batch"] == batch
+            }
+            lines.append(f"  {model:<40} {batch:>5} " + " ".join(f"{cells[s]:>9.4f}" for s in sizes))
+    lines += ["", *crossovers(result)]
+    return "\n".join(lines) + "\n"
+
+
+def crossovers(result: dict[str, Any], reference: str = "RAM", other: str = "CNN") -> list[str]:
+    """Where the CNN's cost per image overtakes RAM's, per batch size."""
+    notes = []
+    for batch in (128, 1):
+        ram = {
+            r["image_size"]: r["ms_per_image"]
+            for r in result["scaling"]
+            if r["model"].startswith(reference) and r["batch"] == batch
+        }
+        cnn = {
+            r["image_size"]: r["ms_per_image"]
+            for r in result["scaling"]
+            if r["model"].startswith(other) and r["batch"] == batch
+        }
+        sizes = sorted(set(ram) & set(cnn))
+        above = [s for s in sizes if cnn[s] > ram[s]]
+        if not sizes:
+            continue
+        if not above:
+            notes.append(f"batch {batch}: the CNN stays cheaper than RAM up to {sizes[-1]}x{sizes[-1]}")
+        elif above[0] == sizes[0]:
+            notes.append(
+                f"batch {batch}: RAM is cheaper than the CNN from the smallest size, {sizes[0]}x{sizes[0]}"
+            )
+        else:
+            below = max(s for s in sizes if s < above[0])
+            notes.append(
+                f"batch {batch}: the CNN becomes dearer than RAM between {below} and {above[0]} pixels"
+            )
+        growth = ram[sizes[-1]] / ram[sizes[0]]
+        notes.append(
+            f"batch {batch}: RAM's cost per image at {sizes[-1]} is {growth:.2f}x its cost at {sizes[0]}"
+        )
+    return notes
+
+
+def save_scaling_figure(result: dict[str, Any], out) -> None:
+    from attention.report.figures import plot_scaling, save_figure
+
+    save_figure(lambda ax: plot_scaling(ax, result["scaling"]), out, size=(6.5, 4.5))

@@ -1,0 +1,52 @@
+import numpy as np
+import torch
+
+from attention import bench
+from attention.report.figures import plot_glimpse_path, plot_scaling, retina_view, save_figure
+
+
+def test_training_throughput_reports_median_min_max():
+    row = bench.training_throughput(bench.TRAINING_CASES[0], batch=16, warmup=1, repeats=3, mnist=None,
+                                    device=torch.device("cpu"))
+    assert row["min"] <= row["images_per_s"] <= row["max"] and row["min"] > 0
+
+
+def test_inference_cost_row_has_the_documented_fields():
+    row = bench.inference_cost("RAM", bench.SCALING_MODELS["RAM (6 glimpses 12x12, 3 scales)"], 60, batch=2,
+                               warmup=1, repeats=3, device=torch.device("cpu"))
+    assert {"model", "image_size", "batch", "ms_per_image"} <= set(row) and row["ms_per_image"] > 0
+
+
+def synthetic_scaling():
+    rows = []
+    for size in (60, 100, 200):
+        rows.append({"model": "RAM x", "image_size": size, "batch": 128, "ms_per_image": 1.0})
+        rows.append({"model": "CNN y", "image_size": size, "batch": 128, "ms_per_image": size / 100})
+        rows.append({"model": "RAM x", "image_size": size, "batch": 1, "ms_per_image": 2.0})
+        rows.append({"model": "CNN y", "image_size": size, "batch": 1, "ms_per_image": 0.5})
+    return {"training": [], "scaling": rows}
+
+
+def test_crossover_is_found_between_the_sizes_where_the_cnn_overtakes_ram():
+    notes = bench.crossovers(synthetic_scaling())
+    assert "batch 128: the CNN becomes dearer than RAM between 100 and 200 pixels" in notes
+    assert "batch 1: the CNN stays cheaper than RAM up to 200x200" in notes
+
+
+def test_scaling_figure_renders_a_png(tmp_path):
+    out = save_figure(lambda ax: plot_scaling(ax, synthetic_scaling()["scaling"]), tmp_path / "scaling.png")
+    assert out.stat().st_size > 5_000
+
+
+def test_glimpse_path_figure_renders_a_png(tmp_path):
+    image = np.zeros((28, 28), dtype=np.float32)
+    path = np.array([[0.0, 0.0], [0.5, -0.5], [-0.2, 0.3]])
+    out = save_figure(lambda ax: plot_glimpse_path(ax, image, path, correct=False), tmp_path / "path.png")
+    assert out.stat().st_size > 2_000
+
+
+def test_retina_view_paints_each_scale_at_its_true_size():
+    patches = np.stack([np.full((2, 2), 1.0), np.full((2, 2), 0.5)]).astype(np.float32)
+    view = retina_view(patches, np.array([0.0, 0.0]), 8, 8)
+    # the finest 2x2 at the centre (rows/cols 3..4), the coarser 4x4 around it (rows/cols 2..5)
+    assert view[3:5, 3:5].min() == 1.0 and view[2, 2] == 0.5 and view[0, 0] == 0.0
