@@ -118,9 +118,14 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
 
 
 def cmd_report_table(args: argparse.Namespace) -> None:
-    from attention.report.tables import results_table
+    from attention.report.tables import results_table, study_table
 
-    text = results_table([Path(p) for p in args.run_dirs])
+    if args.study:
+        text = study_table(Path(args.study), Path(args.runs_dir))
+    elif args.run_dirs:
+        text = results_table([Path(p) for p in args.run_dirs])
+    else:
+        raise AttentionError("report table needs run directories or --study FILE")
     if args.out:
         Path(args.out).write_text(text)
         print(f"wrote {args.out}")
@@ -214,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     device(glimpses)
     glimpses.set_defaults(func=cmd_report_glimpses)
     table = report.add_parser("table", help="Markdown table of run results")
-    table.add_argument("run_dirs", nargs="+")
+    table.add_argument("run_dirs", nargs="*")
+    table.add_argument("--study", help="a study TOML whose rows name configs (and the paper's numbers)")
+    table.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
     table.add_argument("--out")
     table.set_defaults(func=cmd_report_table)
 

@@ -139,6 +139,8 @@ def test_cli_train_then_eval_json(mnist_dir, tmp_path):
         "model.reader.patch_size=6",
         "--set",
         "model.reader.num_scales=3",
+        "--set",
+        "model.num_glimpses=2",
         "--figure",
         str(tmp_path / "paths.png"),
     ]

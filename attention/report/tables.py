@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from attention import AttentionError
 from attention.runs import RESULT, load_run_config, read_json
 
 
@@ -33,18 +34,44 @@ def task_label(data: dict) -> str:
     return label
 
 
-def results_table(run_dirs: list[Path]) -> str:
+def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
+    """One row per finished run; ``paper`` adds a column of the paper's numbers, in the same order."""
     rows = [
         "| task | model | test error (mean loc.) | test error (sampled) | n_test | epochs | train time "
         "| seed | run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for run_dir in run_dirs:
+    if paper is not None:
+        rows[0] = rows[0].replace("| test error (mean loc.) |", "| paper | test error (mean loc.) |")
+        rows[1] += " --- |"
+    for index, run_dir in enumerate(run_dirs):
+        if not (run_dir / RESULT).exists():
+            raise AttentionError(f"{run_dir} has no {RESULT}: the run is missing or unfinished")
         config = load_run_config(run_dir)
         result = read_json(run_dir / RESULT)
         rows.append(
-            f"| {task_label(result['data'])} | {describe(config)} | {result['test_error_pct']:.2f}% "
+            f"| {task_label(result['data'])} | {describe(config)} | "
+            + (f"{paper[index]} | " if paper is not None else "")
+            + f"{result['test_error_pct']:.2f}% "
             f"| {result['test_error_sampled_pct']:.2f}% | {result['n_test']} | {result['epochs_run']} "
             f"| {result['train_seconds'] / 60:.1f} min | {result['seed']} | `{run_dir}` |"
         )
     return "\n".join(rows) + "\n"
+
+
+def study_table(study_file: Path, runs_dir: Path) -> str:
+    """Render a study file's rows (config + paper number) from the runs their configs hash to."""
+    from attention.config import Config, config_hash, load_toml, tomllib, with_overrides
+    from attention.train import resolve_config
+
+    try:
+        study = tomllib.loads(Path(study_file).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise AttentionError(f"cannot read study file {study_file}: {error}") from None
+    run_dirs, paper = [], []
+    for row in study.get("row", []):
+        config = resolve_config(with_overrides(Config(), load_toml(row["config"])))
+        run_dirs.append(Path(runs_dir) / config_hash(config))
+        paper.append(row.get("paper", ""))
+    title = study.get("title", Path(study_file).stem)
+    return f"## {title}\n\n" + results_table(run_dirs, paper)
