@@ -156,12 +156,11 @@ def fit(
                 f"{run_dir} holds an unfinished run: pass --resume to continue it, "
                 "or delete the directory to start again"
             )
+    model = make_model(config, device_)  # refuses impossible models before anything is written
+    mnist = load_mnist(data_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, to_dict(config))
-
-    mnist = load_mnist(data_dir)
     validation = fixed_set(mnist, config.data, "validation")
-    model = make_model(config, device_)
     optimizer = make_optimizer(config, model)
     data_generator = torch.Generator().manual_seed(config.train.seed)
     sample_generator = _generator(config.train.seed + 1, device_)

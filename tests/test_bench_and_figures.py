@@ -6,14 +6,22 @@ from attention.report.figures import plot_glimpse_path, plot_scaling, retina_vie
 
 
 def test_training_throughput_reports_median_min_max():
-    row = bench.training_throughput(bench.TRAINING_CASES[0], batch=16, warmup=1, repeats=3, mnist=None,
-                                    device=torch.device("cpu"))
+    row = bench.training_throughput(
+        bench.TRAINING_CASES[0], batch=16, warmup=1, repeats=3, mnist=None, device=torch.device("cpu")
+    )
     assert row["min"] <= row["images_per_s"] <= row["max"] and row["min"] > 0
 
 
 def test_inference_cost_row_has_the_documented_fields():
-    row = bench.inference_cost("RAM", bench.SCALING_MODELS["RAM (6 glimpses 12x12, 3 scales)"], 60, batch=2,
-                               warmup=1, repeats=3, device=torch.device("cpu"))
+    row = bench.inference_cost(
+        "RAM",
+        bench.SCALING_MODELS["RAM (6 glimpses 12x12, 3 scales)"],
+        60,
+        batch=2,
+        warmup=1,
+        repeats=3,
+        device=torch.device("cpu"),
+    )
     assert {"model", "image_size", "batch", "ms_per_image"} <= set(row) and row["ms_per_image"] > 0
 
 

@@ -196,3 +196,30 @@ def test_cli_refuses_bad_overrides_in_one_line(tmp_path):
     assert done.stderr.startswith("error: unknown config key 'model.reader.patc'")
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.mnist
+def test_early_stopping_ends_a_run_that_stops_improving(mnist_dir, tmp_path):
+    config = smoke(
+        **{
+            "train.learning_rate": 1e-12,
+            "train.early_stopping_patience": 1,
+            "train.epochs": 5,
+            "data.train_limit": 256,
+        }
+    )
+    result = fit(config, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    assert result["stopped_because"] == "early_stopping" and result["epochs_run"] == 2
+
+
+@pytest.mark.mnist
+def test_time_budget_ends_a_run_between_epochs(mnist_dir, tmp_path):
+    config = smoke(**{"train.time_budget_s": 1e-3, "data.train_limit": 256})
+    result = fit(config, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    assert result["stopped_because"] == "time_budget" and result["epochs_run"] == 1
+
+
+def test_impossible_model_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(AttentionError, match="num_glimpses"):
+        fit(smoke(**{"model.num_glimpses": 0}), run_dir=tmp_path / "run", data_dir=tmp_path / "no-data")
+    assert not (tmp_path / "run").exists()
