@@ -1,0 +1,61 @@
+import pytest
+
+from attention import AttentionError
+from attention.config import Config, config_hash, load_toml, parse_value, to_dict, with_overrides
+
+
+def test_overrides_set_nested_fields_and_keep_the_rest():
+    config = with_overrides(Config(), {"model.reader.patch_size": 12, "train.learning_rate": 3e-4})
+    assert config.model.reader.patch_size == 12 and config.train.learning_rate == 3e-4
+    assert config.model.reader.num_scales == Config().model.reader.num_scales
+
+
+def test_unknown_key_is_refused_with_the_known_ones():
+    with pytest.raises(AttentionError, match="unknown config key 'model.reader.patc'.*patch_size"):
+        with_overrides(Config(), {"model.reader.patc": 3})
+    with pytest.raises(AttentionError, match="unknown config section 'modle'"):
+        with_overrides(Config(), {"modle.num_glimpses": 3})
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("model.num_glimpses", 2.5),
+        ("model.num_glimpses", True),
+        ("train.learning_rate", "fast"),
+        ("model.fc_hidden", 5),
+        ("model.routing.reinforce_reaches_core", 1),
+    ],
+)
+def test_wrongly_typed_values_are_refused(key, value):
+    with pytest.raises(AttentionError, match=key.split(".")[-1]):
+        with_overrides(Config(), {key: value})
+
+
+def test_set_values_parse_as_toml_with_bare_words_as_strings():
+    assert parse_value("12") == 12 and parse_value("1e-3") == 1e-3 and parse_value("true") is True
+    assert (
+        parse_value("[64, 64]") == [64, 64] and parse_value("lstm") == "lstm" and parse_value("none") is None
+    )
+
+
+def test_toml_file_becomes_dotted_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("[model.reader]\npatch_size = 12\n[train]\nepochs = 3\n")
+    assert load_toml(path) == {"model.reader.patch_size": 12, "train.epochs": 3}
+    path.write_text("[model\n")
+    with pytest.raises(AttentionError, match="not valid TOML"):
+        load_toml(path)
+
+
+def test_hash_is_stable_and_changes_with_any_field_including_the_seed():
+    base = with_overrides(Config(), {})
+    assert config_hash(base) == config_hash(with_overrides(Config(), to_dict_overrides(base)))
+    assert config_hash(base) != config_hash(with_overrides(Config(), {"train.seed": 1}))
+    assert config_hash(base) != config_hash(with_overrides(Config(), {"model.where.std": 0.2}))
+
+
+def to_dict_overrides(config):
+    from attention.config import flatten
+
+    return flatten(to_dict(config))
