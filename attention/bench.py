@@ -30,6 +30,8 @@ class TrainingCase:
     overrides: dict[str, Any]
 
 
+COMPILED = {"train.compile": True}
+
 TRAINING_CASES = (
     TrainingCase(
         "RAM mnist 28x28, 6 glimpses 8x8, 1 scale",
@@ -208,7 +210,8 @@ def run(
     device: torch.device | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
-    """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command."""
+    """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command;
+    ``compiled`` adds the RAM training cases with the torch.compile'd sensor."""
     from attention import AttentionError
     from attention.data.mnist import load_mnist
 

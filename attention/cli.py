@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the measurements to this JSON file")
     bench.add_argument("--figure", help="also save the log-log cost figure to this PNG")
     bench.add_argument("--quick", action="store_true", help="few repetitions and small sizes (a smoke test)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the compiled-sensor training cases")
     data_dir(bench)
     device(bench)
     bench.set_defaults(func=cmd_bench)

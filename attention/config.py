@@ -158,6 +158,9 @@ class TrainConfig:
     """Coefficient of the baseline's squared error in the hybrid loss."""
     seed: int = 0
     eval_batch_size: int = 1000
+    compile: bool = False
+    """Compile the retina's sensor with torch.compile (faster on large patches, slow first steps; results
+    equal to eager up to float rounding). Off by default; ``attention bench`` measures both."""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from attention.data.tasks import TrainingStream, fixed_set, resolve, to_float
 from attention.evaluate import error_pct, evaluate_model
 from attention.losses import hybrid
 from attention.model import build_model
+from attention.readers import RetinaReader
 from attention.runs import (
     CHECKPOINT,
     CONFIG,
@@ -91,6 +92,8 @@ def make_model(config: Config, device: torch.device) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         model = build_model(config.model, image_size=(size, size))
+    if config.train.compile and isinstance(getattr(model, "reader", None), RetinaReader):
+        model.reader.use_compiled_sensor()
     return model.to(device)
 
 

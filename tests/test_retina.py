@@ -81,3 +81,13 @@ def test_coarser_scales_average_blocks():
 def test_retina_wider_than_sensible_is_refused():
     with pytest.raises(AttentionError, match="widest patch"):
         RetinaReader(image_size=(28, 28), channels=1, patch_size=8, num_scales=6)
+
+
+@pytest.mark.slow
+def test_compiled_sensor_equals_the_eager_one():
+    reader = RetinaReader(image_size=(40, 40), channels=1, patch_size=6, num_scales=3)
+    images = torch.rand(8, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    where = torch.rand(8, 2, generator=torch.Generator().manual_seed(1)) * 2.4 - 1.2
+    eager = reader(images, where)
+    reader.use_compiled_sensor()
+    torch.testing.assert_close(reader(images, where), eager)

@@ -130,7 +130,13 @@ class RetinaReader(nn.Module):
         self.patch_size = patch_size
         self.num_scales = num_scales
         self.out_dim = num_scales * channels * patch_size * patch_size
+        self._sensor = glimpse
+
+    def use_compiled_sensor(self) -> None:
+        """Use a torch.compile'd sensor (optional, ``train.compile``): it fuses the index arithmetic,
+        masking and pooling into a few loops. Same values up to float rounding; first calls are slow."""
+        self._sensor = torch.compile(glimpse, dynamic=None)
 
     def forward(self, images: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        patches = glimpse(images, where, patch_size=self.patch_size, num_scales=self.num_scales)
+        patches = self._sensor(images, where, patch_size=self.patch_size, num_scales=self.num_scales)
         return patches.flatten(1)
