@@ -86,8 +86,8 @@ class WhereConfig:
     """Standard deviation of the Gaussian policy, in the [-1, 1] location units."""
     bound: str = "clamp"
     """How locations stay inside [-1, 1]: ``clamp`` (tanh mean, sample clamped; the log-probability is of
-    the clamped location, the one actually used) or ``none`` (linear mean, unbounded sample; the retina
-    reads zeros outside the image)."""
+    the clamped location, the one actually used, under the censored Gaussian) or ``none`` (linear mean,
+    unbounded sample; the retina reads zeros outside the image)."""
     initial: str = "random"
     """First glimpse of a retina: ``random`` (uniform, as in the paper) or ``center``."""
 
@@ -186,11 +186,15 @@ def to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+# Words that mean "no value" for an optional field (TOML has no null).
+NULLS = ("none", "null")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
-        if value is None and type(None) in options:
+        if type(None) in options and (value is None or (isinstance(value, str) and value.lower() in NULLS)):
             return None
         errors = []
         for option in options:
@@ -245,9 +249,7 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as a TOML value (numbers, booleans, lists, quoted strings); bare words are
-    strings, and ``none``/``null`` mean None."""
-    if text.strip().lower() in ("none", "null"):
-        return None
+    strings. A bare ``none``/``null`` becomes None where the field allows None (see ``_coerce``)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

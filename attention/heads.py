@@ -53,9 +53,10 @@ class Baseline(nn.Module):
 class GaussianWhereHead(nn.Module):
     """RAM's location network: l ~ N(mean(h), std^2 I) with a fixed std (sec. 4).
 
-    With ``bound="clamp"`` the mean is tanh(Linear(h)) and the sample is clamped to [-1, 1]; the
-    log-probability is that of the clamped location, the one the reader actually uses. With ``"none"`` the
-    mean is Linear(h) and the sample is used as drawn. The sample itself carries no gradient: REINFORCE
+    With ``bound="clamp"`` the mean is tanh(Linear(h)) and the sample is clamped to [-1, 1]: the location
+    follows a censored Gaussian, and the log-probability is that of the clamped location the reader actually
+    uses (the density inside, the tail mass at a bound). With ``"none"`` the mean is Linear(h) and the sample
+    is used as drawn. The sample itself carries no gradient: REINFORCE
     reaches the mean only through ``log_prob``.
     """
 
@@ -80,13 +81,18 @@ class GaussianWhereHead(nn.Module):
             where = mean.detach() + self.std * noise
         else:
             where = mean.detach()
-        if self.bound == "clamp":
-            where = where.clamp(-1.0, 1.0)
-        # log N(where; mean, std^2), summed over coordinates
-        log_prob = (
+        log_density = (
             -((where - mean) ** 2) / (2 * self.std**2) - math.log(self.std) - 0.5 * math.log(2 * math.pi)
-        ).sum(dim=1)
-        return WhereSample(where=where, mean=mean, log_prob=log_prob)
+        )
+        if self.bound == "clamp":
+            # A clamped coordinate follows a censored Gaussian: the bounds carry the whole tail mass, so the
+            # log-probability of a location at +-1 is log P(sample beyond it), not the density there (which
+            # would bias REINFORCE near the border).
+            upper, lower = where >= 1.0, where <= -1.0
+            where = where.clamp(-1.0, 1.0)
+            log_density = torch.where(upper, torch.special.log_ndtr((mean - 1.0) / self.std), log_density)
+            log_density = torch.where(lower, torch.special.log_ndtr((-1.0 - mean) / self.std), log_density)
+        return WhereSample(where=where, mean=mean, log_prob=log_density.sum(dim=1))
 
 
 @WHERE_HEADS.register("random")

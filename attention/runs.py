@@ -67,7 +67,8 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     except FileNotFoundError:
         raise AttentionError(f"{path} does not exist") from None
     except Exception as error:  # a corrupt or foreign file: say which and stop
-        raise AttentionError(f"{path} cannot be loaded as a weights-only checkpoint ({error})") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AttentionError(f"{path} cannot be loaded as a weights-only checkpoint ({first_line})") from None
 
 
 def load_run_config(run_dir: Path) -> Config:

@@ -70,6 +70,12 @@ def resolve_config(config: Config) -> Config:
             "train.step_epochs must be >= 1, step_gamma in (0, 1]",
         ),
         (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+        (t.plateau_patience >= 1, "train.plateau_patience must be >= 1"),
+        (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
+        (
+            t.reinforce_weight >= 0 and t.baseline_weight >= 0,
+            "train.reinforce_weight and baseline_weight must be >= 0",
+        ),
         (config.eval.sampled_repeats >= 1, "eval.sampled_repeats must be >= 1"),
     ]
     for ok, message in checks:
@@ -89,7 +95,8 @@ def pick_device(device: str | None) -> torch.device:
 def make_model(config: Config, device: torch.device) -> torch.nn.Module:
     """Build the model with weights drawn from the run's seed, without touching the global RNG state."""
     size = config.data.canvas_size
-    with torch.random.fork_rng(devices=[]):
+    # fork every device's RNG: manual_seed seeds them all, and the caller's streams must not change
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(config.train.seed)
         model = build_model(config.model, image_size=(size, size))
     if config.train.compile and isinstance(getattr(model, "reader", None), RetinaReader):
@@ -125,6 +132,16 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def _diverged(what: str, value: float, epoch: int, step: int, run_dir: Path) -> str:
+    kept = (
+        f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}" if epoch else "no epoch had finished"
+    )
+    return (
+        f"{what} became {value} in epoch {epoch + 1}, step {step + 1}; training stopped and {kept}; "
+        "lower train.learning_rate or set train.grad_clip and start a new run"
+    )
+
+
 def fit(
     config: Config,
     *,
@@ -148,12 +165,12 @@ def fit(
     run_dir = Path(run_dir) if run_dir else Path(runs_dir) / identity
     device_ = pick_device(device)
     checkpoint_path = run_dir / CHECKPOINT
-    if (run_dir / RESULT).exists():
-        log.info("run %s is finished; returning its result", run_dir)
-        return read_json(run_dir / RESULT)
     if (run_dir / CONFIG).exists():
         if read_json(run_dir / CONFIG) != to_dict(config):
             raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
+        if (run_dir / RESULT).exists():
+            log.info("run %s is finished; returning its result", run_dir)
+            return read_json(run_dir / RESULT)
         if checkpoint_path.exists() and not resume:
             raise AttentionError(
                 f"{run_dir} holds an unfinished run: pass --resume to continue it, "
@@ -186,6 +203,11 @@ def fit(
     metrics: list[dict[str, Any]] = []
     if resume and checkpoint_path.exists():
         saved = safe_load(checkpoint_path, map_location=device_)
+        if saved.get("device_type", "cpu") != device_.type:
+            raise AttentionError(
+                f"{checkpoint_path} was written on {saved.get('device_type')}; resume it with "
+                f"--device {saved.get('device_type')} (its random streams belong to that device)"
+            )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         best_weights = saved["best_model"]
@@ -223,16 +245,13 @@ def fit(
                 rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
             )
             if not torch.isfinite(terms.total):
-                raise AttentionError(
-                    f"loss became {terms.total.item()} in epoch {epoch + 1}, step {step + 1}; stopped, and "
-                    "the "
-                    f"last good checkpoint (epoch {epoch}) is kept in {run_dir}: lower train.learning_rate "
-                    "or set train.grad_clip"
-                )
+                raise AttentionError(_diverged("loss", terms.total.item(), epoch, step, run_dir))
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
-            if t.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            # The norm is needed anyway to catch non-finite gradients before they reach the weights.
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+            if not torch.isfinite(norm):
+                raise AttentionError(_diverged("gradient norm", norm.item(), epoch, step, run_dir))
             optimizer.step()
             n = labels.shape[0]
             seen += n
@@ -295,6 +314,7 @@ def fit(
                 "data_generator": data_generator.get_state(),
                 "sample_generator": sample_generator.get_state(),
                 "state": state,
+                "device_type": device_.type,
             },
         )
         log.info(

@@ -34,9 +34,7 @@ def test_wrongly_typed_values_are_refused(key, value):
 
 def test_set_values_parse_as_toml_with_bare_words_as_strings():
     assert parse_value("12") == 12 and parse_value("1e-3") == 1e-3 and parse_value("true") is True
-    assert (
-        parse_value("[64, 64]") == [64, 64] and parse_value("lstm") == "lstm" and parse_value("none") is None
-    )
+    assert parse_value("[64, 64]") == [64, 64] and parse_value("lstm") == "lstm"
 
 
 def test_toml_file_becomes_dotted_overrides(tmp_path):
@@ -59,3 +57,10 @@ def to_dict_overrides(config):
     from attention.config import flatten
 
     return flatten(to_dict(config))
+
+
+def test_none_means_no_value_only_where_a_field_allows_it():
+    config = with_overrides(
+        Config(), {"train.grad_clip": parse_value("none"), "model.where.bound": parse_value("none")}
+    )
+    assert config.train.grad_clip is None and config.model.where.bound == "none"

@@ -60,3 +60,9 @@ def test_read_is_differentiable_in_the_window():
     where = where_for(gx=0.1, gy=-0.2).requires_grad_()
     read(image, where, grid_size=4).sum().backward()
     assert where.grad.abs()[0, :4].gt(0).all()
+
+
+def test_filters_far_off_the_image_still_sum_to_one():
+    image = torch.full((1, 1, 20, 30), 0.5, dtype=torch.float64)
+    patch = read(image, where_for(gx=0.9, gy=-0.95, delta_tilde=2.0), grid_size=6)
+    torch.testing.assert_close(patch, torch.full((1, 1, 6, 6), 0.5, dtype=torch.float64))

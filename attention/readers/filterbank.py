@@ -11,9 +11,6 @@ from torch import nn
 
 from attention import AttentionError
 
-# Keeps a filter's normaliser away from zero when all its mass falls outside the image.
-NORMALISER_EPS = 1e-8
-
 
 def filter_centres(g: torch.Tensor, delta: torch.Tensor, grid_size: int) -> torch.Tensor:
     """mu^i = g + (i - N/2 - 0.5) * delta for i = 1..N (DRAW eq. (19); the paper's i is 1-based).
@@ -31,8 +28,9 @@ def filterbank(centres: torch.Tensor, variance: torch.Tensor, length: int) -> to
     """
     a = torch.arange(1, length + 1, device=centres.device, dtype=centres.dtype)
     logits = -((a[None, None, :] - centres[:, :, None]) ** 2) / (2 * variance[:, None, None])
-    weights = torch.exp(logits)
-    return weights / (weights.sum(dim=2, keepdim=True) + NORMALISER_EPS)
+    # softmax = exp / Z computed in log space: exact normalisation even for filters far off the image,
+    # where exp() underflows
+    return torch.softmax(logits, dim=2)
 
 
 def window(where: torch.Tensor, *, height: int, width: int, grid_size: int) -> dict[str, torch.Tensor]:

@@ -130,7 +130,7 @@ def save_glimpse_paths(
 
     from attention.data.mnist import load_mnist
     from attention.data.tasks import fixed_set, to_float
-    from attention.evaluate import load_trained
+    from attention.evaluate import SAMPLING_SEED_OFFSET, load_trained
     from attention.train import pick_device
 
     device_ = pick_device(device)
@@ -140,7 +140,8 @@ def save_glimpse_paths(
     data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
     test = fixed_set(load_mnist(data_dir), data, "test")
     images = to_float(test.images[:count], device_)
-    generator = torch.Generator(device=device_).manual_seed(data.test_seed)
+    # the same stream as evaluate_model, so the figure shows the glimpses that were scored
+    generator = torch.Generator(device=device_).manual_seed(data.test_seed + SAMPLING_SEED_OFFSET)
     with torch.no_grad():
         rollout = model.unroll(images, sample=False, generator=generator)
     predictions = rollout.logits.argmax(dim=1).cpu()
