@@ -79,6 +79,32 @@ def retina_view(patches: np.ndarray, location: np.ndarray, height: int, width: i
     return view
 
 
+def outline_retina(
+    ax: Axes, location: np.ndarray, shape: tuple[int, int], patch_size: int, num_scales: int
+) -> Axes:
+    """Thin outlines of each scale's extent, so a glimpse on blank image still shows where it was."""
+    height, width = shape
+    centre = torch.tensor([(location[0] + 1) * width / 2, (location[1] + 1) * height / 2])
+    for scale in range(num_scales):
+        side = patch_size * 2**scale
+        top = int(_patch_start(centre[1:2], side)[0])
+        left = int(_patch_start(centre[0:1], side)[0])
+        ax.add_patch(
+            Rectangle(
+                (left - 0.5, top - 0.5),
+                side,
+                side,
+                fill=False,
+                edgecolor="tab:orange",
+                linewidth=0.8,
+                alpha=0.8,
+            )
+        )
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    return ax
+
+
 def plot_filterbank_window(
     ax: Axes, image: np.ndarray, where: np.ndarray, *, grid_size: int, colour: str = RIGHT
 ) -> Axes:
@@ -165,6 +191,7 @@ def save_glimpse_paths(
                 plot_image(
                     axes[i, t + 1], retina_view(one, where[t, i], *image.shape), title=f"glimpse {t + 1}"
                 )
+                outline_retina(axes[i, t + 1], where[t, i], image.shape, reader.patch_size, reader.num_scales)
         else:
             plot_image(axes[i, 0], image, title=label)
             for t in range(steps):
