@@ -115,6 +115,9 @@ class RecurrentAttentionModel(nn.Module):
             std=config.where.std,
             bound=config.where.bound,
         )
+        if not self.where_head.stochastic and hasattr(self.reader, "initial_where"):
+            with torch.no_grad():
+                self.where_head.linear.bias.copy_(self.reader.initial_where())
         self.classifier = Classifier(hidden_size=config.core.hidden_size, num_classes=num_classes)
         # Only a learned stochastic policy needs a baseline for REINFORCE.
         self.learns_by_reinforce = head_cls.stochastic and config.where.policy != "random"

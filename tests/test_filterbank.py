@@ -66,3 +66,16 @@ def test_filters_far_off_the_image_still_sum_to_one():
     image = torch.full((1, 1, 20, 30), 0.5, dtype=torch.float64)
     patch = read(image, where_for(gx=0.9, gy=-0.95, delta_tilde=2.0), grid_size=6)
     torch.testing.assert_close(patch, torch.full((1, 1, 6, 6), 0.5, dtype=torch.float64))
+
+
+def test_untrained_soft_reader_starts_with_a_blurred_view_of_the_whole_image():
+    from attention.config import Config, with_overrides
+    from attention.model import build_model
+
+    config = with_overrides(
+        Config(), {"model.reader.name": "filterbank", "model.where.policy": "deterministic"}
+    )
+    model = build_model(config.model, image_size=(100, 100))
+    w = window(model.where_head.linear.bias[None].detach(), height=100, width=100, grid_size=12)
+    assert abs(float(w["gx"][0]) - 50.5) < 1e-4 and abs(float(w["delta"][0]) - 9.0) < 1e-4
+    assert abs(float(w["variance"][0]) - 4.5**2) < 1e-3
