@@ -75,6 +75,28 @@ def load_run_config(run_dir: Path) -> Config:
     return from_dict(Config, read_json(Path(run_dir) / CONFIG))
 
 
+def find_run(config: Config, runs_dir: Path) -> Path:
+    """The run directory of ``config`` under ``runs_dir``: ``<config hash>`` if present, else the run whose
+    config.json equals ``config`` once read with today's defaults (runs made before a config field was added
+    carry an older hash). Refuses when there is none."""
+    from attention.config import config_hash, to_dict
+
+    runs_dir = Path(runs_dir)
+    direct = runs_dir / config_hash(config)
+    if direct.is_dir():
+        return direct
+    wanted = to_dict(config)
+    for candidate in sorted(runs_dir.glob(f"*/{CONFIG}")):
+        try:
+            if to_dict(load_run_config(candidate.parent)) == wanted:
+                return candidate.parent
+        except AttentionError:
+            continue
+    raise AttentionError(
+        f"no run of this configuration under {runs_dir} (expected {direct.name}); train it first"
+    )
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.exists():

@@ -223,3 +223,18 @@ def test_impossible_model_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(AttentionError, match="num_glimpses"):
         fit(smoke(**{"model.num_glimpses": 0}), run_dir=tmp_path / "run", data_dir=tmp_path / "no-data")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_made_before_a_config_field_existed_is_still_found(tmp_path):
+    from attention.config import config_hash, to_dict
+    from attention.runs import find_run, write_json
+
+    config = resolve_config(with_overrides(Config(), {"train.epochs": 7}))
+    old = to_dict(config)
+    del old["train"]["compile"]  # as written by a version without that field
+    (tmp_path / "0ldhash").mkdir()
+    write_json(tmp_path / "0ldhash" / "config.json", old)
+    assert config_hash(config) != "0ldhash"
+    assert find_run(config, tmp_path) == tmp_path / "0ldhash"
+    with pytest.raises(AttentionError, match="no run of this configuration"):
+        find_run(with_overrides(config, {"train.epochs": 8}), tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attention import AttentionError
-from attention.runs import RESULT, load_run_config, read_json
+from attention.runs import RESULT, find_run, load_run_config, read_json
 
 
 def describe(config) -> str:
@@ -61,7 +61,7 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
 
 def study_table(study_file: Path, runs_dir: Path) -> str:
     """Render a study file's rows (config + paper number) from the runs their configs hash to."""
-    from attention.config import Config, config_hash, load_toml, tomllib, with_overrides
+    from attention.config import Config, load_toml, tomllib, with_overrides
     from attention.train import resolve_config
 
     try:
@@ -71,7 +71,7 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
     run_dirs, paper = [], []
     for row in study.get("row", []):
         config = resolve_config(with_overrides(Config(), load_toml(row["config"])))
-        run_dirs.append(Path(runs_dir) / config_hash(config))
+        run_dirs.append(find_run(config, Path(runs_dir)))
         paper.append(row.get("paper", ""))
     title = study.get("title", Path(study_file).stem)
     return f"## {title}\n\n" + results_table(run_dirs, paper)
