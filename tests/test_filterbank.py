@@ -79,3 +79,12 @@ def test_untrained_soft_reader_starts_with_a_blurred_view_of_the_whole_image():
     w = window(model.where_head.linear.bias[None].detach(), height=100, width=100, grid_size=12)
     assert abs(float(w["gx"][0]) - 50.5) < 1e-4 and abs(float(w["delta"][0]) - 9.0) < 1e-4
     assert abs(float(w["variance"][0]) - 4.5**2) < 1e-3
+
+
+def test_extreme_window_parameters_saturate_instead_of_giving_nan():
+    image = torch.rand(1, 1, 30, 30)
+    where = torch.tensor([[0.0, 0.0, -500.0, 300.0, 200.0]], requires_grad=True)
+    patch = read(image, where, grid_size=5)
+    assert torch.isfinite(patch).all()
+    patch.sum().backward()
+    assert torch.isfinite(where.grad).all()

@@ -13,6 +13,9 @@ from torch import nn
 
 from attention import AttentionError
 
+# |log sigma^2|, |log delta~| and |log gamma| beyond this saturate (exp(10) ~ 2.2e4).
+LOG_LIMIT = 10.0
+
 
 def filter_centres(g: torch.Tensor, delta: torch.Tensor, grid_size: int) -> torch.Tensor:
     """mu^i = g + (i - N/2 - 0.5) * delta for i = 1..N (DRAW eq. (19); the paper's i is 1-based).
@@ -43,6 +46,12 @@ def window(where: torch.Tensor, *, height: int, width: int, grid_size: int) -> d
     if where.dim() != 2 or where.shape[1] != 5:
         raise ValueError(f"filterbank where must be (B, 5), got {tuple(where.shape)}")
     gx_tilde, gy_tilde, log_variance, log_delta_tilde, log_gamma = where.unbind(dim=1)
+    # Numerical guard: the logs are clamped before exp, so an extreme where-head output (a ReLU core's h is
+    # unbounded) saturates instead of giving sigma^2 = 0 or gamma = inf and a NaN read; inside the range
+    # these are DRAW's equations exactly.
+    log_variance, log_delta_tilde, log_gamma = (
+        v.clamp(-LOG_LIMIT, LOG_LIMIT) for v in (log_variance, log_delta_tilde, log_gamma)
+    )
     gx = (width + 1) / 2 * (gx_tilde + 1)
     gy = (height + 1) / 2 * (gy_tilde + 1)
     delta = (max(width, height) - 1) / max(grid_size - 1, 1) * torch.exp(log_delta_tilde)
