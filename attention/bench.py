@@ -134,7 +134,7 @@ def training_throughput(
             torch.cuda.synchronize()
 
     row = {
-        "config": case.name,
+        "config": case.name + (", compiled sensor" if config.train.compile else ""),
         "overrides": case.overrides,
         "batch": batch,
         **_summary(timed(step, warmup=warmup, repeats=repeats), batch),
@@ -206,6 +206,7 @@ def machine() -> dict[str, Any]:
 def run(
     *,
     quick: bool = False,
+    compiled: bool = True,
     data_dir=None,
     device: torch.device | None = None,
     progress: Callable[[str], None] = log.info,
@@ -222,11 +223,27 @@ def run(
     except AttentionError as error:
         progress(f"no MNIST ({error}); data generation is not measured")
         mnist = None
+    cases = list(TRAINING_CASES)
+    if compiled:
+        cases += [
+            TrainingCase(case.name, {**case.overrides, **COMPILED})
+            for case in TRAINING_CASES
+            if case.overrides.get("model.reader.name", "retina") == "retina"
+        ]
     training = []
-    for case in TRAINING_CASES:
-        progress(f"training: {case.name}")
+    for case in cases:
+        compiled_case = case.overrides.get("train.compile", False)
+        progress(f"training: {case.name}{', compiled sensor' if compiled_case else ''}")
+        # compiled cases get extra warm-up steps: the first calls compile
         training.append(
-            training_throughput(case, batch=128, warmup=warmup, repeats=repeats, mnist=mnist, device=device)
+            training_throughput(
+                case,
+                batch=128,
+                warmup=warmup + 3 * compiled_case,
+                repeats=repeats,
+                mnist=mnist,
+                device=device,
+            )
         )
     scaling = []
     sizes = SCALING_SIZES[:2] if quick else SCALING_SIZES

@@ -140,6 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     result = bench.run(
         quick=args.quick,
+        compiled=not args.no_compile,
         data_dir=args.data_dir,
         device=pick_device(args.device),
         progress=lambda message: print(message, file=sys.stderr),

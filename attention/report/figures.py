@@ -106,7 +106,14 @@ def outline_retina(
 
 
 def plot_filterbank_window(
-    ax: Axes, image: np.ndarray, where: np.ndarray, *, grid_size: int, colour: str = RIGHT
+    ax: Axes,
+    image: np.ndarray,
+    where: np.ndarray,
+    *,
+    grid_size: int,
+    colour: str = RIGHT,
+    alpha: float = 1.0,
+    label: str | None = None,
 ) -> Axes:
     """The soft reader's window on the image: the grid's extent (outermost filter centres) and centre."""
     height, width = image.shape
@@ -118,10 +125,20 @@ def plot_filterbank_window(
     # 1-based filterbank pixels -> 0-based imshow coordinates
     ax.add_patch(
         Rectangle(
-            (gx - 1 - half, gy - 1 - half), 2 * half, 2 * half, fill=False, edgecolor=colour, linewidth=1.2
+            (gx - 1 - half, gy - 1 - half),
+            2 * half,
+            2 * half,
+            fill=False,
+            edgecolor=colour,
+            linewidth=1.2,
+            alpha=alpha,
         )
     )
-    ax.plot(gx - 1, gy - 1, "+", color=colour, markersize=6)
+    ax.plot(gx - 1, gy - 1, "+", color=colour, markersize=6, alpha=alpha)
+    if label:
+        ax.text(gx - 1, gy - 1, label, color=colour, fontsize=6, alpha=alpha, ha="left", va="bottom")
+    ax.set_xlim(-0.5, width - 0.5)  # windows may reach past the image: keep the image's frame
+    ax.set_ylim(height - 0.5, -0.5)
     return ax
 
 
@@ -201,6 +218,8 @@ def save_glimpse_paths(
                     where[t, i],
                     grid_size=reader.grid_size,
                     colour=RIGHT if correct else WRONG,
+                    alpha=0.35 + 0.65 * t / max(steps - 1, 1),  # later steps more opaque
+                    label=str(t + 1),
                 )
                 with torch.no_grad():
                     patch = model.reader(images[i : i + 1], rollout.where[t, i : i + 1])
