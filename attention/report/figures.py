@@ -136,7 +136,9 @@ def plot_filterbank_window(
     )
     ax.plot(gx - 1, gy - 1, "+", color=colour, markersize=6, alpha=alpha)
     if label:
-        ax.text(gx - 1, gy - 1, label, color=colour, fontsize=6, alpha=alpha, ha="left", va="bottom")
+        ax.text(
+            gx - 1, gy - 1, label, color=colour, fontsize=6, alpha=alpha, ha="left", va="bottom", clip_on=True
+        )
     ax.set_xlim(-0.5, width - 0.5)  # windows may reach past the image: keep the image's frame
     ax.set_ylim(height - 0.5, -0.5)
     return ax

@@ -24,6 +24,13 @@ def describe(config) -> str:
     return f"RAM, {m.num_glimpses} {policy}, {r.patch_size}x{r.patch_size}, {scales}, {m.core.name} core"
 
 
+def training_label(config) -> str:
+    t = config.train
+    return f"{t.optimizer} lr {t.learning_rate:g} {t.schedule}" + (
+        f", clip {t.grad_clip:g}" if t.grad_clip else ""
+    )
+
+
 def task_label(data: dict) -> str:
     if data["task"] == "mnist":
         return "MNIST 28x28"
@@ -37,9 +44,9 @@ def task_label(data: dict) -> str:
 def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
     """One row per finished run; ``paper`` adds a column of the paper's numbers, in the same order."""
     rows = [
-        "| task | model | test error (mean loc.) | test error (sampled) | n_test | epochs | train time "
-        "| seed | run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| task | model | training | test error (mean loc.) | test error (sampled) | n_test | epochs "
+        "| train time | seed | run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     if paper is not None:
         rows[0] = rows[0].replace("| test error (mean loc.) |", "| paper | test error (mean loc.) |")
@@ -50,7 +57,7 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
         config = load_run_config(run_dir)
         result = read_json(run_dir / RESULT)
         rows.append(
-            f"| {task_label(result['data'])} | {describe(config)} | "
+            f"| {task_label(result['data'])} | {describe(config)} | {training_label(config)} | "
             + (f"{paper[index]} | " if paper is not None else "")
             + f"{result['test_error_pct']:.2f}% "
             f"| {result['test_error_sampled_pct']:.2f}% | {result['n_test']} | {result['epochs_run']} "
