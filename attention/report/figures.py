@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from attention import AttentionError  # noqa: E402
 from attention.readers.filterbank import window  # noqa: E402
 from attention.readers.retina import _patch_start, glimpse  # noqa: E402
 
@@ -61,17 +62,29 @@ def plot_glimpse_path(
     return ax
 
 
+def retina_squares(
+    location: np.ndarray, height: int, width: int, patch_size: int, num_scales: int
+) -> list[tuple[int, int, int]]:
+    """(top, left, side) of each scale's square in image pixels, by the sensor's own rounding rule."""
+    centre = torch.tensor([(location[0] + 1) * width / 2, (location[1] + 1) * height / 2])
+    squares = []
+    for scale in range(num_scales):
+        side = patch_size * 2**scale
+        squares.append(
+            (int(_patch_start(centre[1:2], side)[0]), int(_patch_start(centre[0:1], side)[0]), side)
+        )
+    return squares
+
+
 def retina_view(patches: np.ndarray, location: np.ndarray, height: int, width: int) -> np.ndarray:
     """Draw a glimpse's k scales (k, g, g) back at image size: each scale upsampled to its true width and
     pasted at its place, coarsest first so finer scales lie on top; outside the retina is blank."""
     num_scales, size, _ = patches.shape
     view = np.zeros((height, width), dtype=np.float32)
-    centre = torch.tensor([(location[0] + 1) * width / 2, (location[1] + 1) * height / 2])
+    squares = retina_squares(location, height, width, size, num_scales)
     for scale in reversed(range(num_scales)):
         factor = 2**scale
-        side = size * factor
-        top = int(_patch_start(centre[1:2], side)[0])
-        left = int(_patch_start(centre[0:1], side)[0])
+        top, left, side = squares[scale]
         upsampled = np.kron(patches[scale], np.ones((factor, factor), dtype=np.float32))
         rows = slice(max(top, 0), min(top + side, height))
         cols = slice(max(left, 0), min(left + side, width))
@@ -84,11 +97,7 @@ def outline_retina(
 ) -> Axes:
     """Thin outlines of each scale's extent, so a glimpse on blank image still shows where it was."""
     height, width = shape
-    centre = torch.tensor([(location[0] + 1) * width / 2, (location[1] + 1) * height / 2])
-    for scale in range(num_scales):
-        side = patch_size * 2**scale
-        top = int(_patch_start(centre[1:2], side)[0])
-        left = int(_patch_start(centre[0:1], side)[0])
+    for top, left, side in retina_squares(location, height, width, patch_size, num_scales):
         ax.add_patch(
             Rectangle(
                 (left - 0.5, top - 0.5),
@@ -154,11 +163,7 @@ def save_task_examples(images: torch.Tensor, labels: torch.Tensor, out: Path, co
             plot_image(ax, images[i].numpy() / 255.0, title=f"label {int(labels[i])}")
         else:
             ax.axis("off")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def save_glimpse_paths(
@@ -181,7 +186,9 @@ def save_glimpse_paths(
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)
     if config.model.name != "ram":
-        raise_not_attention(config.model.name)
+        raise AttentionError(
+            f"run's model is '{config.model.name}', which takes no glimpses; glimpse figures need model 'ram'"
+        )
     data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
     test = fixed_set(load_mnist(data_dir), data, "test")
     images = to_float(test.images[:count], device_)
@@ -229,19 +236,7 @@ def save_glimpse_paths(
                 plot_image(
                     axes[i, t + 1], patch.reshape(side, side).cpu().numpy().clip(0, 1), title=f"read {t + 1}"
                 )
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def raise_not_attention(name: str) -> None:
-    from attention import AttentionError
-
-    raise AttentionError(
-        f"run's model is '{name}', which takes no glimpses; glimpse figures need model 'ram'"
-    )
+    return _save(fig, out)
 
 
 def plot_scaling(ax: Axes, rows: list[dict]) -> Axes:
@@ -271,8 +266,12 @@ def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path
     """Draw with ``draw(ax)`` on a fresh figure and save it as a PNG."""
     fig, ax = plt.subplots(figsize=size)
     draw(ax)
+    return _save(fig, Path(out), dpi=110)
+
+
+def _save(fig, out: Path, dpi: int = 100) -> Path:
     fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
-    return Path(out)
+    return out
