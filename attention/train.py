@@ -106,11 +106,18 @@ def make_model(config: Config, device: torch.device) -> torch.nn.Module:
 
 def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = config.train
+    # The fused kernels update every parameter in one pass instead of a dozen list-wide ops per step: about
+    # 5% of a training step for the small MNIST RAM on CPU (docs/performance.md).
+    fused = next(model.parameters()).device.type in ("cpu", "cuda")
     if t.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=t.learning_rate, momentum=t.momentum, weight_decay=t.weight_decay
+            model.parameters(),
+            lr=t.learning_rate,
+            momentum=t.momentum,
+            weight_decay=t.weight_decay,
+            fused=fused,
         )
-    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=fused)
 
 
 def lr_factor(config: Config, progress: float, epoch: int, plateau_factor: float) -> float:
