@@ -104,9 +104,20 @@ def timed(function: Callable[[], Any], *, warmup: int, repeats: int) -> list[flo
     return times
 
 
-def _summary(times: list[float], items: int) -> dict[str, float]:
+def _summary(times: list[float], items: int) -> dict[str, Any]:
     rates = sorted(items / t for t in times)
-    return {"images_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1]}
+    return {"images_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1], "seconds": times}
+
+
+def pool_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the same measurement repeated in several rounds: every summary is recomputed over the
+    timings of all rounds, so a burst of load on the machine during one round moves the median little."""
+    batch = rows[0]["batch"]
+    pooled = {**rows[0], **_summary([t for row in rows for t in row["seconds"]], batch), "rounds": len(rows)}
+    for key in ("data_generation", "with_data_generation"):
+        if key in rows[0]:
+            pooled[key] = _summary([t for row in rows for t in row[key]["seconds"]], batch)
+    return pooled
 
 
 def training_throughput(
@@ -181,16 +192,25 @@ def inference_cost(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    times = timed(forward, warmup=warmup, repeats=repeats)
-    per_image = sorted(1000 * t / batch for t in times)
+    return _cost_row(
+        {"model": name, "image_size": size, "batch": batch}, timed(forward, warmup=warmup, repeats=repeats)
+    )
+
+
+def _cost_row(key: dict[str, Any], times: list[float]) -> dict[str, Any]:
+    per_image = sorted(1000 * t / key["batch"] for t in times)
     return {
-        "model": name,
-        "image_size": size,
-        "batch": batch,
+        **key,
         "ms_per_image": statistics.median(per_image),
         "min": per_image[0],
         "max": per_image[-1],
+        "seconds": times,
     }
+
+
+def pool_cost_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    key = {k: rows[0][k] for k in ("model", "image_size", "batch")}
+    return {**_cost_row(key, [t for row in rows for t in row["seconds"]]), "rounds": len(rows)}
 
 
 def machine() -> dict[str, Any]:
@@ -210,14 +230,17 @@ def run(
     data_dir=None,
     device: torch.device | None = None,
     progress: Callable[[str], None] = log.info,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command;
-    ``compiled`` adds the RAM training cases with the torch.compile'd sensor."""
+    """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command (one round);
+    ``compiled`` adds the RAM training cases with the torch.compile'd sensor; each figure pools the
+    timings of ``rounds`` interleaved rounds."""
     from attention import AttentionError
     from attention.data.mnist import load_mnist
 
     device = device or torch.device("cpu")
     warmup, repeats = (1, 2) if quick else (5, 20)
+    rounds = 1 if quick else rounds
     try:
         mnist = load_mnist(data_dir)
     except AttentionError as error:
@@ -230,43 +253,57 @@ def run(
             for case in TRAINING_CASES
             if case.overrides.get("model.reader.name", "retina") == "retina"
         ]
-    training = []
-    for case in cases:
-        compiled_case = case.overrides.get("train.compile", False)
-        progress(f"training: {case.name}{', compiled sensor' if compiled_case else ''}")
-        # compiled cases get extra warm-up steps: the first calls compile
-        training.append(
-            training_throughput(
-                case,
-                batch=128,
-                warmup=warmup + 3 * compiled_case,
-                repeats=repeats,
-                mnist=mnist,
-                device=device,
+    # Every case is measured once per round and the rounds are interleaved, so that slow spells of a shared
+    # machine fall on all cases alike instead of on whichever case was running at the time.
+    training_rounds: list[list[dict[str, Any]]] = [[] for _ in cases]
+    for round_ in range(rounds):
+        for rows, case in zip(training_rounds, cases, strict=True):
+            compiled_case = case.overrides.get("train.compile", False)
+            progress(
+                f"round {round_ + 1}/{rounds} training: {case.name}"
+                + (", compiled sensor" if compiled_case else "")
             )
-        )
-    scaling = []
-    sizes = SCALING_SIZES[:2] if quick else SCALING_SIZES
-    for name, overrides in SCALING_MODELS.items():
-        for size in sizes:
-            for batch in (128, 1):
-                progress(f"inference: {name}, {size}x{size}, batch {batch}")
-                scaling.append(
-                    inference_cost(
-                        name,
-                        overrides,
-                        size,
-                        batch=batch,
-                        warmup=warmup,
-                        repeats=max(3, repeats // (4 if batch == 128 and size >= 800 else 1)),
-                        device=device,
-                    )
+            # compiled cases get extra warm-up steps: the first calls compile
+            rows.append(
+                training_throughput(
+                    case,
+                    batch=128,
+                    warmup=warmup + 3 * compiled_case,
+                    repeats=repeats,
+                    mnist=mnist,
+                    device=device,
                 )
+            )
+    training = [pool_rounds(rows) for rows in training_rounds]
+    sizes = SCALING_SIZES[:2] if quick else SCALING_SIZES
+    points = [
+        (name, overrides, size, batch)
+        for name, overrides in SCALING_MODELS.items()
+        for size in sizes
+        for batch in (128, 1)
+    ]
+    scaling_rounds: list[list[dict[str, Any]]] = [[] for _ in points]
+    for round_ in range(rounds):
+        for rows, (name, overrides, size, batch) in zip(scaling_rounds, points, strict=True):
+            progress(f"round {round_ + 1}/{rounds} inference: {name}, {size}x{size}, batch {batch}")
+            rows.append(
+                inference_cost(
+                    name,
+                    overrides,
+                    size,
+                    batch=batch,
+                    warmup=warmup,
+                    repeats=max(3, repeats // (4 if batch == 128 and size >= 800 else 1)),
+                    device=device,
+                )
+            )
+    scaling = [pool_cost_rounds(rows) for rows in scaling_rounds]
     return {
         "machine": machine(),
         "device": str(device),
         "warmup": warmup,
         "repeats": repeats,
+        "rounds": rounds,
         "training": training,
         "scaling": scaling,
     }

@@ -144,6 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         device=pick_device(args.device),
         progress=lambda message: print(message, file=sys.stderr),
+        rounds=args.rounds,
     )
     print(bench.format_table(result), end="")
     if args.json:
@@ -152,6 +153,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.figure:
         bench.save_scaling_figure(result, Path(args.figure))
         print(f"wrote {args.figure}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", help="also write the measurements to this JSON file")
     bench.add_argument("--figure", help="also save the log-log cost figure to this PNG")
     bench.add_argument("--quick", action="store_true", help="few repetitions and small sizes (a smoke test)")
+    bench.add_argument(
+        "--rounds", type=_positive_int, default=3, help="interleaved rounds pooled per figure (default 3)"
+    )
     bench.add_argument("--no-compile", action="store_true", help="skip the compiled-sensor training cases")
     data_dir(bench)
     device(bench)

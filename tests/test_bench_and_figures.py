@@ -58,3 +58,31 @@ def test_retina_view_paints_each_scale_at_its_true_size():
     view = retina_view(patches, np.array([0.0, 0.0]), 8, 8)
     # the finest 2x2 at the centre (rows/cols 3..4), the coarser 4x4 around it (rows/cols 2..5)
     assert view[3:5, 3:5].min() == 1.0 and view[2, 2] == 0.5 and view[0, 0] == 0.0
+
+
+def test_rounds_are_pooled_into_one_median_over_all_their_timings():
+    fast = {"config": "c", "batch": 2, **bench._summary([1.0, 1.0], 2)}
+    slow = {"config": "c", "batch": 2, **bench._summary([4.0, 4.0, 4.0], 2)}
+    fast["data_generation"], slow["data_generation"] = bench._summary([1.0], 2), bench._summary([2.0], 2)
+    pooled = bench.pool_rounds([fast, slow])
+    # rates 2, 2, 0.5, 0.5, 0.5: the median of the pooled timings, not the mean of the rounds' medians
+    assert pooled["images_per_s"] == 0.5 and pooled["min"] == 0.5 and pooled["max"] == 2.0
+    assert pooled["rounds"] == 2 and len(pooled["seconds"]) == 5
+    assert pooled["data_generation"]["images_per_s"] == 1.5
+    cost = bench.pool_cost_rounds(
+        [
+            {"model": "m", "image_size": 60, "batch": 1, "seconds": [0.001]},
+            {"model": "m", "image_size": 60, "batch": 1, "seconds": [0.003, 0.002]},
+        ]
+    )
+    assert cost["ms_per_image"] == 2.0 and cost["rounds"] == 2
+
+
+def test_bench_refuses_zero_rounds(capsys):
+    import pytest
+
+    from attention.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--rounds", "0"])
+    assert exit_info.value.code != 0 and "--rounds" in capsys.readouterr().err
