@@ -91,3 +91,17 @@ def test_compiled_sensor_equals_the_eager_one():
     eager = reader(images, where)
     reader.use_compiled_sensor()
     torch.testing.assert_close(reader(images, where), eager)
+
+
+def test_far_off_locations_read_zeros_and_never_wrap_around():
+    # a location billions of pixels away must not overflow the index arithmetic into a valid pixel
+    images = torch.ones(2, 1, 12, 12, dtype=torch.float64)
+    # x = 2**32 / 6 puts the centre at column 2**32 + 6, which is column 6 modulo 2**32
+    locations = torch.tensor([[2.0**32 / 6, 0.0], [0.0, -5e9]], dtype=torch.float64)
+    assert glimpse(images, locations, patch_size=4, num_scales=2).abs().sum() == 0
+    # and just inside the border the reference loop still agrees
+    images = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    near = torch.tensor([[0.95, -0.95], [-1.3, 1.2]], dtype=torch.float64)
+    torch.testing.assert_close(
+        glimpse(images, near, patch_size=4, num_scales=2), reference_glimpse(images, near, 4, 2)
+    )

@@ -25,12 +25,19 @@ def _read_square(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, si
     or copying the image), then the pixels that lie outside are zeroed by row and column masks.
     """
     batch, channels, height, width = images.shape
-    offsets = torch.arange(side, device=images.device)
-    rows = top[:, None] + offsets  # (B, side)
-    cols = left[:, None] + offsets  # (B, side)
+    # 32-bit indices whenever they can address the batch: writing the (B, C, side, side) index costs as much
+    # as the gather itself, and half the bytes make it about 4x cheaper on CPU.
+    index_type = torch.int32 if images.numel() < 2**31 else torch.int64
+    offsets = torch.arange(side, device=images.device, dtype=index_type)
+    # a square starting further out than this lies wholly outside either way; the clamp keeps far-off
+    # locations from overflowing the 32-bit arithmetic
+    rows = top.clamp(-side, height).to(index_type)[:, None] + offsets  # (B, side)
+    cols = left.clamp(-side, width).to(index_type)[:, None] + offsets  # (B, side)
     # flat index = image * H * W + row * W + col, built from (B, C, side) and (B, side) parts so that only
     # the final sum has the full (B, C, side, side) size
-    image_start = torch.arange(batch * channels, device=images.device).view(batch, channels, 1)
+    image_start = torch.arange(batch * channels, device=images.device, dtype=index_type).view(
+        batch, channels, 1
+    )
     image_start = image_start * (height * width)
     row_start = image_start + rows.clamp(0, height - 1)[:, None, :] * width  # (B, C, side)
     index = row_start[:, :, :, None] + cols.clamp(0, width - 1)[:, None, None, :]  # (B, C, side, side)
