@@ -67,7 +67,9 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
 
 
 def study_table(study_file: Path, runs_dir: Path) -> str:
-    """Render a study file's rows (config + paper number) from the runs their configs hash to."""
+    """Render a study file's rows from the runs their configs hash to. A row names a ``config`` file, may
+    ``set`` overrides on top of it (``set = { "train.seed" = 2 }``, as ``--set`` does on the command line)
+    and may give the ``paper``'s number."""
     from attention.config import Config, load_toml, tomllib, with_overrides
     from attention.train import resolve_config
 
@@ -77,7 +79,10 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
         raise AttentionError(f"cannot read study file {study_file}: {error}") from None
     run_dirs, paper = [], []
     for row in study.get("row", []):
-        config = resolve_config(with_overrides(Config(), load_toml(row["config"])))
+        if "config" not in row:
+            raise AttentionError(f'{study_file}: every [[row]] needs a config = "studies/....toml"')
+        config = with_overrides(with_overrides(Config(), load_toml(row["config"])), row.get("set", {}))
+        config = resolve_config(config)
         run_dirs.append(find_run(config, Path(runs_dir)))
         paper.append(row.get("paper", ""))
     title = study.get("title", Path(study_file).stem)

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from attention import AttentionError
+from attention.config import Config, config_hash, load_toml, to_dict, with_overrides
+from attention.report.tables import study_table
+from attention.runs import write_json
+from attention.train import resolve_config
+
+
+def fake_run(runs_dir: Path, config: Config, error: float) -> Path:
+    """A finished run as the trainer leaves it, as far as tables read it (config.json and result.json)."""
+    run_dir = runs_dir / config_hash(config)
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "config.json", to_dict(config))
+    write_json(
+        run_dir / "result.json",
+        {
+            "data": {"task": "mnist", "canvas_size": 28},
+            "test_error_pct": error,
+            "test_error_sampled_pct": error + 0.5,
+            "n_test": 10000,
+            "epochs_run": 3,
+            "train_seconds": 120.0,
+            "seed": config.train.seed,
+        },
+    )
+    return run_dir
+
+
+def test_study_rows_find_their_runs_with_the_rows_overrides(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[data]\ntask = "mnist"\n[train]\nepochs = 3\nseed = 0\n')
+    base = resolve_config(with_overrides(Config(), load_toml(recipe)))
+    fake_run(tmp_path / "runs", base, 1.5)
+    fake_run(tmp_path / "runs", with_overrides(base, {"train.seed": 2}), 1.25)
+    study = tmp_path / "study.toml"
+    study.write_text(
+        f'title = "seeds"\n[[row]]\nconfig = "{recipe}"\npaper = "1.29%"\n'
+        f'[[row]]\nconfig = "{recipe}"\nset = {{ "train.seed" = 2 }}\npaper = "1.29%"\n'
+    )
+    table = study_table(study, tmp_path / "runs")
+    lines = [line for line in table.splitlines() if line.startswith("| MNIST")]
+    assert len(lines) == 2
+    assert "| 1.29% | 1.50% |" in lines[0] and "| 0 |" in lines[0]
+    assert "| 1.29% | 1.25% |" in lines[1] and "| 2 |" in lines[1]
+
+
+def test_study_row_without_a_trained_run_is_refused(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[data]\ntask = "mnist"\n')
+    study = tmp_path / "study.toml"
+    study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = {{ "train.seed" = 7 }}\n')
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(AttentionError, match="train it first"):
+        study_table(study, tmp_path / "runs")
