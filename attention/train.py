@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,106 @@ def _diverged(what: str, value: float, epoch: int, step: int, run_dir: Path) -> 
     )
 
 
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    config: Config,
+    learning_rate: Callable[[int], float],
+    sample_generator: torch.Generator,
+    device: torch.device,
+    epoch: int,
+    run_dir: Path,
+    bar: tqdm,
+) -> dict[str, float]:
+    """One pass of hybrid-loss steps over ``batches``; returns the epoch's training metrics.
+
+    ``learning_rate(step)`` gives the rate of each step. A non-finite loss or gradient norm stops training
+    with an :class:`AttentionError` before the weights are touched.
+    """
+    t = config.train
+    model.train()
+    started = time.perf_counter()
+    sums = {"loss": 0.0, "cross_entropy": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0}
+    errors, seen, lr = 0.0, 0, t.learning_rate
+    for step, (images, labels) in enumerate(batches):
+        lr = learning_rate(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = to_float(images, device), labels.to(device)
+        rollout = model.unroll(images, sample=True, generator=sample_generator)
+        terms = hybrid(
+            rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
+        )
+        if not torch.isfinite(terms.total):
+            raise AttentionError(_diverged("loss", terms.total.item(), epoch, step, run_dir))
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        # The norm is needed anyway to catch non-finite gradients before they reach the weights.
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+        if not torch.isfinite(norm):
+            raise AttentionError(_diverged("gradient norm", norm.item(), epoch, step, run_dir))
+        optimizer.step()
+        n = labels.shape[0]
+        seen += n
+        errors += terms.errors.item()
+        for key in sums:
+            value = terms.total if key == "loss" else getattr(terms, key)
+            sums[key] += value.item() * n
+        bar.update()
+        if step % PROGRESS_EVERY == 0:
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", err=f"{100 * errors / seen:.2f}%")
+    return {
+        "lr": lr,
+        "train_loss": sums["loss"] / seen,
+        "cross_entropy": sums["cross_entropy"] / seen,
+        "reinforce": sums["reinforce"] / seen,
+        "baseline_mse": sums["baseline"] / seen,
+        "mean_reward": sums["reward"] / seen,
+        "train_error_pct": 100 * errors / seen,
+        "train_images_per_s": seen / (time.perf_counter() - started),
+    }
+
+
+def new_state() -> dict[str, Any]:
+    """What a run carries from epoch to epoch besides weights, optimizer and random streams."""
+    return {
+        "epoch": 0,
+        "train_seconds": 0.0,
+        "best_error": math.inf,
+        "best_epoch": 0,
+        "stale_epochs": 0,
+        "plateau_factor": 1.0,
+        "plateau_stale": 0,
+        "stopped": None,
+    }
+
+
+def record_validation(state: dict[str, Any], val_error: float, config: Config) -> bool:
+    """Update model selection, the plateau schedule and the stopping rules after an epoch whose time is
+    already in ``state``; returns whether this epoch is the best so far."""
+    t = config.train
+    improved = val_error < state["best_error"]
+    if improved:
+        state.update(best_error=val_error, best_epoch=state["epoch"], stale_epochs=0, plateau_stale=0)
+    else:
+        state["stale_epochs"] += 1
+        state["plateau_stale"] += 1
+        if t.schedule == "plateau" and state["plateau_stale"] >= t.plateau_patience:
+            state["plateau_factor"] *= t.step_gamma
+            state["plateau_stale"] = 0
+    if t.early_stopping_patience is not None and state["stale_epochs"] >= t.early_stopping_patience:
+        state["stopped"] = "early_stopping"
+    elif t.time_budget_s is not None and state["train_seconds"] >= t.time_budget_s:
+        state["stopped"] = "time_budget"
+    return improved
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def fit(
     config: Config,
     *,
@@ -196,17 +297,8 @@ def fit(
     steps_per_epoch = math.ceil(len(stream) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs
 
-    state = {
-        "epoch": 0,
-        "train_seconds": 0.0,
-        "best_error": math.inf,
-        "best_epoch": 0,
-        "stale_epochs": 0,
-        "plateau_factor": 1.0,
-        "plateau_stale": 0,
-        "stopped": None,
-    }
-    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = new_state()
+    best_weights = _weights(model)
     metrics: list[dict[str, Any]] = []
     if resume and checkpoint_path.exists():
         saved = safe_load(checkpoint_path, map_location=device_)
@@ -230,46 +322,26 @@ def fit(
             return {"interrupted_after_epoch": state["epoch"], "run_dir": str(run_dir)}
         epoch = state["epoch"]
         started = time.perf_counter()
-        model.train()
-        sums = {"loss": 0.0, "cross_entropy": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0}
-        errors, seen = 0.0, 0
-        bar = tqdm(
-            stream.epoch(t.batch_size),
-            total=steps_per_epoch,
-            disable=not progress,
-            leave=False,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
-        )
-        for step, (images, labels) in enumerate(bar):
-            lr = t.learning_rate * lr_factor(
-                config, (epoch * steps_per_epoch + step) / total_steps, epoch, state["plateau_factor"]
+
+        def learning_rate(step: int, epoch: int = epoch) -> float:
+            progress_ = (epoch * steps_per_epoch + step) / total_steps
+            return t.learning_rate * lr_factor(config, progress_, epoch, state["plateau_factor"])
+
+        with tqdm(
+            total=steps_per_epoch, disable=not progress, leave=False, desc=f"epoch {epoch + 1}/{t.epochs}"
+        ) as bar:
+            training = train_epoch(
+                model,
+                optimizer,
+                stream.epoch(t.batch_size),
+                config=config,
+                learning_rate=learning_rate,
+                sample_generator=sample_generator,
+                device=device_,
+                epoch=epoch,
+                run_dir=run_dir,
+                bar=bar,
             )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, labels = to_float(images, device_), labels.to(device_)
-            rollout = model.unroll(images, sample=True, generator=sample_generator)
-            terms = hybrid(
-                rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
-            )
-            if not torch.isfinite(terms.total):
-                raise AttentionError(_diverged("loss", terms.total.item(), epoch, step, run_dir))
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            # The norm is needed anyway to catch non-finite gradients before they reach the weights.
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
-            if not torch.isfinite(norm):
-                raise AttentionError(_diverged("gradient norm", norm.item(), epoch, step, run_dir))
-            optimizer.step()
-            n = labels.shape[0]
-            seen += n
-            errors += terms.errors.item()
-            for key in sums:
-                value = terms.total if key == "loss" else getattr(terms, key)
-                sums[key] += value.item() * n
-            if progress and step % PROGRESS_EVERY == 0:
-                bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", err=f"{100 * errors / seen:.2f}%")
-        bar.close()
-        train_seconds = time.perf_counter() - started
         val_error = error_pct(
             model,
             validation,
@@ -281,32 +353,13 @@ def fit(
         epoch_seconds = time.perf_counter() - started
         state["epoch"] = epoch + 1
         state["train_seconds"] += epoch_seconds
-        improved = val_error < state["best_error"]
-        if improved:
-            state.update(best_error=val_error, best_epoch=epoch + 1, stale_epochs=0, plateau_stale=0)
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["stale_epochs"] += 1
-            state["plateau_stale"] += 1
-            if t.schedule == "plateau" and state["plateau_stale"] >= t.plateau_patience:
-                state["plateau_factor"] *= t.step_gamma
-                state["plateau_stale"] = 0
-        if t.early_stopping_patience is not None and state["stale_epochs"] >= t.early_stopping_patience:
-            state["stopped"] = "early_stopping"
-        elif t.time_budget_s is not None and state["train_seconds"] >= t.time_budget_s:
-            state["stopped"] = "time_budget"
+        if record_validation(state, val_error, config):
+            best_weights = _weights(model)
         metrics.append(
             {
                 "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": sums["loss"] / seen,
-                "cross_entropy": sums["cross_entropy"] / seen,
-                "reinforce": sums["reinforce"] / seen,
-                "baseline_mse": sums["baseline"] / seen,
-                "mean_reward": sums["reward"] / seen,
-                "train_error_pct": 100 * errors / seen,
+                **training,
                 "val_error_pct": val_error,
-                "train_images_per_s": seen / train_seconds,
                 "seconds": epoch_seconds,
                 "elapsed_seconds": state["train_seconds"],
             }
@@ -327,8 +380,8 @@ def fit(
         log.info(
             "epoch %d: loss %.4f train error %.2f%% val error %.2f%% (%.1fs)",
             epoch + 1,
-            sums["loss"] / seen,
-            100 * errors / seen,
+            training["train_loss"],
+            training["train_error_pct"],
             val_error,
             epoch_seconds,
         )
