@@ -119,6 +119,7 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
 
 def cmd_report_table(args: argparse.Namespace) -> None:
     from attention.report.tables import results_table, study_table
+    from attention.runs import atomic_write_bytes
 
     if args.study:
         text = study_table(Path(args.study), Path(args.runs_dir))
@@ -127,7 +128,7 @@ def cmd_report_table(args: argparse.Namespace) -> None:
     else:
         raise AttentionError("report table needs run directories or --study FILE")
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")
     else:
         print(text, end="")

@@ -86,3 +86,30 @@ def test_bench_refuses_zero_rounds(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--rounds", "0"])
     assert exit_info.value.code != 0 and "--rounds" in capsys.readouterr().err
+
+
+def test_a_failed_figure_leaves_the_previous_file_whole(tmp_path):
+    import matplotlib.pyplot as plt
+    import pytest
+
+    out = tmp_path / "figure.png"
+    save_figure(lambda ax: ax.plot([0, 1], [0, 1]), out)
+    before = out.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    from matplotlib.artist import Artist
+
+    class FailsWhenRendered(Artist):
+        def draw(self, renderer):
+            raise RuntimeError("rendering failed")
+
+    def broken(ax):
+        # fails while the PNG is being rendered, after an in-place save would have truncated the file
+        ax.plot([0, 1], [0, 1])
+        ax.add_artist(FailsWhenRendered())
+
+    with pytest.raises(RuntimeError):
+        save_figure(broken, out)
+    assert out.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
+    assert plt.get_fignums() == []

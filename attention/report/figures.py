@@ -4,6 +4,7 @@ into PNG files with the Agg backend. Nothing here calls ``plt.show()``.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -265,13 +266,25 @@ def plot_scaling(ax: Axes, rows: list[dict]) -> Axes:
 def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path:
     """Draw with ``draw(ax)`` on a fresh figure and save it as a PNG."""
     fig, ax = plt.subplots(figsize=size)
-    draw(ax)
+    try:
+        draw(ax)
+    except BaseException:
+        plt.close(fig)
+        raise
     return _save(fig, Path(out), dpi=110)
 
 
 def _save(fig, out: Path, dpi: int = 100) -> Path:
-    fig.tight_layout()
+    """Render to memory, then replace ``out`` in one step: a failed or interrupted save leaves the old
+    figure (or none), never half a PNG."""
+    from attention.runs import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
     return out
