@@ -75,6 +75,10 @@ TRAINING_CASES = (
     ),
 )
 
+# Environment variables recorded with every measurement: thread counts, and PyTorch's huge-page allocation
+# (THP_MEM_ALLOC_ENABLE=1), which changes how often reads from a large image batch miss the TLB.
+TIMING_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")
+
 SCALING_SIZES = (60, 100, 200, 400, 800, 1000)
 SCALING_MODELS = {
     "RAM (6 glimpses 12x12, 3 scales)": {
@@ -220,6 +224,8 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        # settings that change the timings without changing the code
+        "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
     }
 
 
@@ -230,17 +236,19 @@ def run(
     data_dir=None,
     device: torch.device | None = None,
     progress: Callable[[str], None] = log.info,
-    rounds: int = 3,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command (one round);
     ``compiled`` adds the RAM training cases with the torch.compile'd sensor; each figure pools the
-    timings of ``rounds`` interleaved rounds."""
+    timings of ``rounds`` interleaved rounds (default 3, or 1 with ``quick``)."""
     from attention import AttentionError
     from attention.data.mnist import load_mnist
 
     device = device or torch.device("cpu")
     warmup, repeats = (1, 2) if quick else (5, 20)
-    rounds = 1 if quick else rounds
+    rounds = rounds if rounds is not None else (1 if quick else 3)
+    if rounds < 1:
+        raise AttentionError(f"bench needs at least one round, got {rounds}")
     try:
         mnist = load_mnist(data_dir)
     except AttentionError as error:

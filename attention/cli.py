@@ -240,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--figure", help="also save the log-log cost figure to this PNG")
     bench.add_argument("--quick", action="store_true", help="few repetitions and small sizes (a smoke test)")
     bench.add_argument(
-        "--rounds", type=_positive_int, default=3, help="interleaved rounds pooled per figure (default 3)"
+        "--rounds",
+        type=_positive_int,
+        help="rounds pooled per figure (default 3; 1 with --quick)",
     )
     bench.add_argument("--no-compile", action="store_true", help="skip the compiled-sensor training cases")
     data_dir(bench)

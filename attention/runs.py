@@ -25,8 +25,18 @@ WEIGHTS = "model.pt"
 RESULT = "result.json"
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s directory (so the final rename is atomic), with the permissions a
+    plainly created file would get (mkstemp's are owner-only)."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return handle, temporary
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    handle, temporary = _temporary_beside(path)
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
@@ -50,7 +60,7 @@ def read_json(path: Path) -> Any:
 
 
 def atomic_torch_save(path: Path, value: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = _temporary_beside(path)
     os.close(handle)
     try:
         torch.save(value, temporary)

@@ -107,8 +107,10 @@ def make_model(config: Config, device: torch.device) -> torch.nn.Module:
 
 def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = config.train
-    # The fused kernels update every parameter in one pass instead of a dozen list-wide ops per step: about
-    # 5% of a training step for the small MNIST RAM on CPU (docs/performance.md).
+    # The fused kernels update every parameter in one pass instead of a dozen list-wide ops per step (about
+    # 5% of a step of the MNIST RAM on one thread here). Their rounding differs from the foreach kernels in
+    # the last bits, so runs before and after this choice are not bit-identical; a resumed checkpoint keeps
+    # the kernel it was started with.
     fused = next(model.parameters()).device.type in ("cpu", "cuda")
     if t.optimizer == "sgd":
         return torch.optim.SGD(
@@ -227,8 +229,9 @@ def new_state() -> dict[str, Any]:
 
 
 def record_validation(state: dict[str, Any], val_error: float, config: Config) -> bool:
-    """Update model selection, the plateau schedule and the stopping rules after an epoch whose time is
-    already in ``state``; returns whether this epoch is the best so far."""
+    """Update model selection, the plateau schedule and the stopping rules after an epoch; ``state`` must
+    already count that epoch (``epoch`` incremented, its seconds in ``train_seconds``). Returns whether
+    this epoch is the best so far."""
     t = config.train
     improved = val_error < state["best_error"]
     if improved:

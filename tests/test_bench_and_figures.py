@@ -88,7 +88,9 @@ def test_bench_refuses_zero_rounds(capsys):
     assert exit_info.value.code != 0 and "--rounds" in capsys.readouterr().err
 
 
-def test_a_failed_figure_leaves_the_previous_file_whole(tmp_path):
+def test_an_interrupted_figure_save_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    import os
+
     import matplotlib.pyplot as plt
     import pytest
 
@@ -97,19 +99,26 @@ def test_a_failed_figure_leaves_the_previous_file_whole(tmp_path):
     before = out.read_bytes()
     assert before.startswith(b"\x89PNG")
 
-    from matplotlib.artist import Artist
+    def interrupted(source, target):
+        raise KeyboardInterrupt  # stopped between writing the new figure and putting it in place
 
-    class FailsWhenRendered(Artist):
-        def draw(self, renderer):
-            raise RuntimeError("rendering failed")
-
-    def broken(ax):
-        # fails while the PNG is being rendered, after an in-place save would have truncated the file
-        ax.plot([0, 1], [0, 1])
-        ax.add_artist(FailsWhenRendered())
-
-    with pytest.raises(RuntimeError):
-        save_figure(broken, out)
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(lambda ax: ax.plot([0, 1], [1, 0]), out)
     assert out.read_bytes() == before
     assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
     assert plt.get_fignums() == []
+
+
+def test_figures_take_their_format_from_the_suffix(tmp_path):
+    out = save_figure(lambda ax: ax.plot([0, 1], [0, 1]), tmp_path / "figure.svg")
+    assert b"<svg" in out.read_bytes()[:500]
+
+
+def test_saved_files_get_the_permissions_of_plainly_created_ones(tmp_path):
+    import os
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    out = save_figure(lambda ax: ax.plot([0, 1], [0, 1]), tmp_path / "figure.png")
+    assert os.stat(out).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -55,3 +55,17 @@ def test_study_row_without_a_trained_run_is_refused(tmp_path):
     (tmp_path / "runs").mkdir()
     with pytest.raises(AttentionError, match="train it first"):
         study_table(study, tmp_path / "runs")
+
+
+def test_study_set_accepts_nested_tables_and_refuses_other_values(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[data]\ntask = "mnist"\n[train]\nepochs = 3\n')
+    base = resolve_config(with_overrides(Config(), load_toml(recipe)))
+    fake_run(tmp_path / "runs", with_overrides(base, {"train.seed": 4}), 1.0)
+    study = tmp_path / "study.toml"
+    # an unquoted dotted key is a nested table in TOML: the same override
+    study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = {{ train.seed = 4 }}\n')
+    assert "| 4 |" in study_table(study, tmp_path / "runs")
+    study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = 4\n')
+    with pytest.raises(AttentionError, match="set must be a table"):
+        study_table(study, tmp_path / "runs")

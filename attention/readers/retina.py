@@ -51,7 +51,7 @@ def _area_pool(patch: torch.Tensor, factor: int) -> torch.Tensor:
     """Mean of each ``factor`` x ``factor`` block: (B, C, n*f, n*f) -> (B, C, n, n).
 
     Rows first, then columns: the ``factor`` rows of a block are whole contiguous rows of a reshaped view,
-    so that sum streams through memory, and only the half-size result is read with a column stride. Tiny
+    so that sum streams through memory, and only the 1/factor-size result is read with a column stride. Tiny
     reductions over reshaped axes (or avg_pool2d) are several times slower on CPU.
     """
     if factor == 1:

@@ -275,14 +275,14 @@ def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path
 
 
 def _save(fig, out: Path, dpi: int = 100) -> Path:
-    """Render to memory, then replace ``out`` in one step: a failed or interrupted save leaves the old
-    figure (or none), never half a PNG."""
+    """Render to memory in the format of ``out``'s suffix (PNG without one), then replace ``out`` in one
+    step: an interrupted save leaves the old figure (or none), never half a file."""
     from attention.runs import atomic_write_bytes
 
     buffer = io.BytesIO()
     try:
         fig.tight_layout()
-        fig.savefig(buffer, dpi=dpi, format="png")
+        fig.savefig(buffer, dpi=dpi, format=out.suffix[1:] or "png")
     finally:
         plt.close(fig)
     out.parent.mkdir(parents=True, exist_ok=True)

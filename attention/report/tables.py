@@ -70,7 +70,7 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
     """Render a study file's rows from the runs their configs hash to. A row names a ``config`` file, may
     ``set`` overrides on top of it (``set = { "train.seed" = 2 }``, as ``--set`` does on the command line)
     and may give the ``paper``'s number."""
-    from attention.config import Config, load_toml, tomllib, with_overrides
+    from attention.config import Config, flatten, load_toml, tomllib, with_overrides
     from attention.train import resolve_config
 
     try:
@@ -81,7 +81,12 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
     for row in study.get("row", []):
         if "config" not in row:
             raise AttentionError(f'{study_file}: every [[row]] needs a config = "studies/....toml"')
-        config = with_overrides(with_overrides(Config(), load_toml(row["config"])), row.get("set", {}))
+        overrides = row.get("set", {})
+        if not isinstance(overrides, dict):
+            raise AttentionError(
+                f'{study_file}: a row\'s set must be a table, e.g. set = {{ "train.seed" = 2 }}'
+            )
+        config = with_overrides(with_overrides(Config(), load_toml(row["config"])), flatten(overrides))
         config = resolve_config(config)
         run_dirs.append(find_run(config, Path(runs_dir)))
         paper.append(row.get("paper", ""))
