@@ -159,8 +159,12 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     compile: bool = False
-    """Compile the retina's sensor with torch.compile (faster on large patches, slow first steps; results
-    equal to eager up to float rounding). Off by default; ``attention bench`` measures both."""
+    """Compile the retina's sensor with torch.compile (slow first steps; results equal to eager up to
+    float rounding). Off by default: ``attention bench`` measures both, and eager was faster on this CPU."""
+    init_from: str | None = None
+    """Start from the weights of a finished run (its directory or its model.pt) instead of a fresh draw, e.g.
+    a curriculum from an easier task; the model must have the same shapes. The digest of those weights is
+    stored in result.json. None: start from the seed's fresh weights."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ error (mean locations); the test error is measured once, at the end, with the be
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -249,6 +250,28 @@ def record_validation(state: dict[str, Any], val_error: float, config: Config) -
     return improved
 
 
+def load_initial_weights(model: torch.nn.Module, source: str | Path, device: torch.device) -> str:
+    """Load ``train.init_from`` (a run directory or a weights file) into ``model``; returns the file's
+    sha256, so the result records exactly which weights the run started from."""
+    path = Path(source)
+    weights_file = path / WEIGHTS if path.is_dir() else path
+    if not weights_file.is_file():
+        raise AttentionError(
+            f"train.init_from: {weights_file} does not exist; give a finished run directory or its {WEIGHTS}"
+        )
+    payload = weights_file.read_bytes()
+    state = safe_load(weights_file, map_location=device)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise AttentionError(
+            f"train.init_from: the weights in {weights_file} do not fit this model ({first}); the reader "
+            "output, glimpse network, core and heads must have the same sizes"
+        ) from None
+    return hashlib.sha256(payload).hexdigest()
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -288,6 +311,8 @@ def fit(
                 "or delete the directory to start again"
             )
     model = make_model(config, device_)  # refuses impossible models before anything is written
+    init_from = config.train.init_from
+    init_digest = load_initial_weights(model, init_from, device_) if init_from else None
     mnist = load_mnist(data_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, to_dict(config))
@@ -409,6 +434,7 @@ def fit(
         "device": str(device_),
         "torch_version": torch.__version__,
         "git_revision": revision,
+        "init_from_sha256": init_digest,
     }
     write_json(run_dir / RESULT, result)
     return result

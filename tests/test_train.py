@@ -238,3 +238,36 @@ def test_a_run_made_before_a_config_field_existed_is_still_found(tmp_path):
     assert find_run(config, tmp_path) == tmp_path / "0ldhash"
     with pytest.raises(AttentionError, match="no run of this configuration"):
         find_run(with_overrides(config, {"train.epochs": 8}), tmp_path)
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(mnist_dir, tmp_path):
+    source = fit(smoke(**{"train.epochs": 1}), run_dir=tmp_path / "a", data_dir=mnist_dir, progress=False)
+    assert source["init_from_sha256"] is None
+    # another task and seed, same shapes: the retina's weights do not depend on the image size
+    config = smoke(**{"train.epochs": 1, "train.seed": 5, "data.task": "translated", "data.canvas_size": 40})
+    from attention.train import load_initial_weights, make_model
+
+    model = make_model(resolve_config(config), torch.device("cpu"))
+    digest = load_initial_weights(model, tmp_path / "a", torch.device("cpu"))
+    saved = torch.load(tmp_path / "a" / WEIGHTS, weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    result = fit(
+        with_overrides(config, {"train.init_from": str(tmp_path / "a")}),
+        run_dir=tmp_path / "b",
+        data_dir=mnist_dir,
+        progress=False,
+    )
+    assert result["init_from_sha256"] == digest and len(digest) == 64
+
+
+def test_init_from_a_model_of_other_shapes_or_nothing_is_refused_before_anything_is_written(
+    mnist_dir, tmp_path
+):
+    fit(smoke(**{"train.epochs": 1}), run_dir=tmp_path / "a", data_dir=mnist_dir, progress=False)
+    wider = smoke(**{"train.init_from": str(tmp_path / "a"), "model.core.hidden_size": 64})
+    with pytest.raises(AttentionError, match="do not fit this model"):
+        fit(wider, run_dir=tmp_path / "b", data_dir=mnist_dir, progress=False)
+    missing = smoke(**{"train.init_from": str(tmp_path / "nowhere")})
+    with pytest.raises(AttentionError, match="does not exist"):
+        fit(missing, run_dir=tmp_path / "c", data_dir=mnist_dir, progress=False)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
