@@ -85,9 +85,10 @@ class WhereConfig:
     std: float = 0.1
     """Standard deviation of the Gaussian policy, in the [-1, 1] location units."""
     bound: str = "clamp"
-    """How locations stay inside [-1, 1]: ``clamp`` (tanh mean, sample clamped; the log-probability is of
-    the clamped location, the one actually used, under the censored Gaussian) or ``none`` (linear mean,
-    unbounded sample; the retina reads zeros outside the image)."""
+    """How locations stay inside [-1, 1]. Gaussian policy: ``clamp`` (tanh mean, sample clamped; the
+    log-probability is of the clamped location, the one actually used, under the censored Gaussian) or
+    ``none`` (linear mean, unbounded sample; the retina reads zeros outside the image). Deterministic head:
+    ``tanh`` squashes the window's centre into [-1, 1]; ``clamp`` and ``none`` leave DRAW's linear head."""
     initial: str = "random"
     """First glimpse of a retina: ``random`` (uniform, as in the paper) or ``center``."""
 

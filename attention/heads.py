@@ -17,7 +17,10 @@ from attention import AttentionError
 from attention.registry import Registry
 
 WHERE_HEADS = Registry("where policy")
-BOUNDS = ("clamp", "none")
+BOUNDS = ("clamp", "none", "tanh")
+# The first two where outputs are the centre (x, y) for every reader: the retina's location, the
+# filterbank's (g~x, g~y).
+CENTRE_DIMS = 2
 
 
 @dataclass
@@ -68,6 +71,11 @@ class GaussianWhereHead(nn.Module):
             raise AttentionError(f"model.where.std must be > 0 for a Gaussian policy, got {std}")
         if bound not in BOUNDS:
             raise AttentionError(f"unknown model.where.bound '{bound}'; use one of {', '.join(BOUNDS)}")
+        if bound == "tanh":
+            raise AttentionError(
+                "model.where.bound 'tanh' is for deterministic where-heads; a Gaussian policy uses 'clamp' "
+                "(tanh mean, clamped sample) or 'none'"
+            )
         self.linear = nn.Linear(hidden_size, where_dim)
         self.std = std
         self.bound = bound
@@ -112,16 +120,28 @@ class RandomWhereHead(nn.Module):
 
 @WHERE_HEADS.register("deterministic")
 class DeterministicWhereHead(nn.Module):
-    """Soft attention's where-head: where = Linear(h), differentiable, trained by backprop."""
+    """Soft attention's where-head: where = Linear(h), differentiable, trained by backprop.
+
+    ``bound="tanh"`` squashes the centre (the first two outputs) into [-1, 1], so the window's centre stays
+    on the image; the other outputs stay linear. ``"clamp"`` and ``"none"`` keep DRAW's purely linear head
+    (a hard clamp would cut the gradient at the border). Why the option exists: a linear centre can drift
+    off the image, where every filter reads the same border pixel, the read is constant and its gradient with
+    respect to the centre vanishes, so the window never comes back (docs/readers.md).
+    """
 
     stochastic = False
 
-    def __init__(self, *, hidden_size: int, where_dim: int, **_unused: object):
+    def __init__(self, *, hidden_size: int, where_dim: int, bound: str = "none", **_unused: object):
         super().__init__()
+        if bound not in BOUNDS:
+            raise AttentionError(f"unknown model.where.bound '{bound}'; use one of {', '.join(BOUNDS)}")
         self.linear = nn.Linear(hidden_size, where_dim)
+        self.squash_centre = bound == "tanh"
 
     def forward(self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None) -> WhereSample:
         where = self.linear(h)
+        if self.squash_centre:
+            where = torch.cat([torch.tanh(where[:, :CENTRE_DIMS]), where[:, CENTRE_DIMS:]], dim=1)
         return WhereSample(where=where, mean=where, log_prob=None)
 
 

@@ -86,6 +86,8 @@ def test_paper_cnn_sizes():
         ({"num_glimpses": 0}, "num_glimpses"),
         ({"where.std": -0.1}, "std"),
         ({"where.bound": "wrap"}, "bound"),
+        ({"where.bound": "tanh"}, "deterministic"),
+        ({"reader.name": "filterbank", "where.policy": "deterministic", "where.bound": "wrap"}, "bound"),
         ({"where.initial": "corner"}, "initial"),
         ({"reader.name": "fovea"}, "unknown reader"),
         ({"core.name": "gru"}, "unknown core"),
@@ -147,6 +149,27 @@ def test_baseline_error_trains_only_the_baseline_unless_routed_to_core():
 
 def test_soft_reader_classification_loss_reaches_the_where_head():
     model, rollout, labels = ram_and_rollout(**{"reader.name": "filterbank", "where.policy": "deterministic"})
+    cross_entropy(rollout, labels).backward()
+    assert moved(model.where_head)
+
+
+def test_tanh_bound_keeps_the_soft_window_centre_on_the_image_and_leaves_the_rest_linear():
+    from attention.heads import DeterministicWhereHead
+
+    squashed = DeterministicWhereHead(hidden_size=4, where_dim=5, bound="tanh")
+    linear = DeterministicWhereHead(hidden_size=4, where_dim=5, bound="clamp")
+    linear.load_state_dict(squashed.state_dict())
+    h = torch.randn(64, 4) * 100  # a ReLU core's state is unbounded
+    raw = linear(h, sample=False, generator=None).where
+    where = squashed(h, sample=False, generator=None).where
+    assert raw[:, :2].abs().max() > 1.5  # unbounded, the centre would leave the image
+    torch.testing.assert_close(where[:, :2], torch.tanh(raw[:, :2]))
+    torch.testing.assert_close(where[:, 2:], raw[:, 2:])
+    # the initial window (bias only, centre 0) is the same either way, and the loss still reaches the head
+    model, rollout, labels = ram_and_rollout(
+        **{"reader.name": "filterbank", "where.policy": "deterministic", "where.bound": "tanh"}
+    )
+    assert rollout.where[:, :, :2].abs().max() <= 1.0
     cross_entropy(rollout, labels).backward()
     assert moved(model.where_head)
 
