@@ -42,6 +42,22 @@ def test_vectorized_retina_equals_reference_loop(patch_size, num_scales, size):
     torch.testing.assert_close(fast, slow)
 
 
+@pytest.mark.parametrize("patch_size,num_scales,size", [(12, 3, 30), (4, 2, 9), (3, 2, 2), (2, 2, 1)])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_squares_over_the_batch_buffer_edges_equal_reference_loop(patch_size, num_scales, size, channels):
+    # The first two images look at their top-left corner and the last two at their bottom-right one, so rows
+    # of the widest square start before the flattened batch and end after it; the middle ones hang over each
+    # side. The 2x2 and 1x1 images are smaller than the widest square, whose rows then span several images.
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(7, channels, size, size, generator=generator, dtype=torch.float64)
+    locations = torch.tensor(
+        [[-1.0, -1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [0.3, 0.95], [1.0, 1.0], [1.0, 1.0]],
+        dtype=torch.float64,
+    )
+    fast = glimpse(images, locations, patch_size=patch_size, num_scales=num_scales)
+    torch.testing.assert_close(fast, reference_glimpse(images, locations, patch_size, num_scales))
+
+
 def test_one_pixel_image_peaks_at_patch_centre():
     image = torch.zeros(1, 1, 28, 28)
     image[0, 0, 14, 14] = 1.0

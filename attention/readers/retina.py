@@ -21,30 +21,45 @@ def _patch_start(centre: torch.Tensor, width: int) -> torch.Tensor:
 def _read_square(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: int) -> torch.Tensor:
     """The ``side`` x ``side`` squares at (top, left) of each image, zero outside: (B, C, side, side).
 
-    One ``index_select`` on the flattened batch with clamped indices (so it stays in bounds without padding
-    or copying the image), then the pixels that lie outside are zeroed by row and column masks.
+    Each row of a square is ``side`` consecutive floats of the flattened batch, starting at its first pixel
+    (columns left of the image or past its right edge run into the neighbouring row of the buffer and are
+    zeroed by the column mask below; rows outside the image are read from the nearest image row and zeroed
+    by the row mask). A strided view whose i-th row is ``flat[i : i + side]`` turns reading all of them into
+    one ``index_select`` of whole rows, which copies each row as a block: about 50x faster on this CPU than
+    gathering the same pixels one index each, and it still touches only the pixels it returns.
     """
     batch, channels, height, width = images.shape
-    # 32-bit indices whenever they can address the batch: writing the (B, C, side, side) index costs as much
-    # as the gather itself, and half the bytes make it about 4x cheaper on CPU.
-    index_type = torch.int32 if images.numel() < 2**31 else torch.int64
-    offsets = torch.arange(side, device=images.device, dtype=index_type)
-    # a square starting further out than this lies wholly outside either way; the clamp keeps far-off
-    # locations from overflowing the 32-bit arithmetic
-    rows = top.clamp(-side, height).to(index_type)[:, None] + offsets  # (B, side)
-    cols = left.clamp(-side, width).to(index_type)[:, None] + offsets  # (B, side)
-    # flat index = image * H * W + row * W + col, built from (B, C, side) and (B, side) parts so that only
-    # the final sum has the full (B, C, side, side) size
-    image_start = torch.arange(batch * channels, device=images.device, dtype=index_type).view(
-        batch, channels, 1
+    flat = images.reshape(-1)  # a view for the usual contiguous batch
+    offsets = torch.arange(side, device=images.device)
+    # a square starting further out than this lies wholly outside either way
+    rows = top.clamp(-side, height)[:, None] + offsets  # (B, side)
+    cols = left.clamp(-side, width)  # (B,)
+    plane_start = torch.arange(batch * channels, device=images.device).view(batch, channels, 1) * (
+        height * width
     )
-    image_start = image_start * (height * width)
-    row_start = image_start + rows.clamp(0, height - 1)[:, None, :] * width  # (B, C, side)
-    index = row_start[:, :, :, None] + cols.clamp(0, width - 1)[:, None, None, :]  # (B, C, side, side)
-    patch = images.reshape(-1).index_select(0, index.view(-1)).view(batch, channels, side, side)
+    # flat index of the first pixel of each row of each square: (B, C, side)
+    starts = plane_start + (rows.clamp(0, height - 1) * width + cols[:, None])[:, None, :]
+    if side <= height * width:
+        windows = flat.as_strided((flat.numel() - side + 1, side), (1, 1))
+        patch = windows.index_select(0, starts.clamp(0, flat.numel() - side).view(-1))
+        patch = patch.view(batch, channels, side, side)
+        # A square no wider than an image plane can only start before the buffer in the first image and end
+        # after it in the last (those starts were clamped, so misplaced): read those two pixel by pixel.
+        ends = [0, batch - 1] if batch > 1 else [0]
+        patch[ends] = _read_pixels(flat, starts[ends], side)
+    else:
+        patch = _read_pixels(flat, starts, side)
     row_inside = ((rows >= 0) & (rows < height)).to(images.dtype)
-    col_inside = ((cols >= 0) & (cols < width)).to(images.dtype)
+    col_index = cols[:, None] + offsets
+    col_inside = ((col_index >= 0) & (col_index < width)).to(images.dtype)
     return patch.mul_(row_inside[:, None, :, None]).mul_(col_inside[:, None, None, :])
+
+
+def _read_pixels(flat: torch.Tensor, starts: torch.Tensor, side: int) -> torch.Tensor:
+    """``flat[start + j]`` for j < side, for each start in ``starts`` (..., ), clamped into the buffer: the
+    pixel-by-pixel read for rows a strided window cannot reach. Returns (..., side)."""
+    index = (starts[..., None] + torch.arange(side, device=flat.device)).clamp(0, flat.numel() - 1)
+    return flat[index]
 
 
 def _area_pool(patch: torch.Tensor, factor: int) -> torch.Tensor:
