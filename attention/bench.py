@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from attention.config import Config, with_overrides
+from attention.linear import onednn_enabled
 from attention.losses import hybrid
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ TRAINING_CASES = (
     ),
 )
 
-# Environment variables recorded with every measurement: thread counts, and PyTorch's huge-page allocation
+# Environment variables recorded with every measurement: thread counts, the linear-layer kernel switch
+# (attention/linear.py), and PyTorch's huge-page allocation
 # (THP_MEM_ALLOC_ENABLE=1), which changes how often reads from a large image batch miss the TLB.
-TIMING_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")
+TIMING_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE", "ATTENTION_ONEDNN_LINEAR")
 
 SCALING_SIZES = (60, 100, 200, 400, 800, 1000)
 SCALING_MODELS = {
@@ -224,6 +226,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "onednn_linear": onednn_enabled(),
         # settings that change the timings without changing the code
         "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
     }

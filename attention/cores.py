@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attention.linear import Linear
 from attention.registry import Registry
 
 CORES = Registry("core")
@@ -24,8 +25,8 @@ class RectifierRNN(nn.Module):
     def __init__(self, *, input_size: int, hidden_size: int):
         super().__init__()
         self.hidden_size = hidden_size
-        self.input_to_hidden = nn.Linear(input_size, hidden_size)
-        self.hidden_to_hidden = nn.Linear(hidden_size, hidden_size)
+        self.input_to_hidden = Linear(input_size, hidden_size)
+        self.hidden_to_hidden = Linear(hidden_size, hidden_size)
 
     def initial_state(self, batch: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(batch, self.hidden_size, device=device)

@@ -14,6 +14,7 @@ from torch import nn
 
 from attention import AttentionError
 from attention.config import ModelConfig
+from attention.linear import Linear
 
 
 def _whole_image_rollout(logits: torch.Tensor) -> Rollout:  # noqa: F821
@@ -37,9 +38,9 @@ class FullyConnected(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = channels * image_size[0] * image_size[1]
         for hidden in config.fc_hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers += [Linear(width, hidden), nn.ReLU()]
             width = hidden
-        layers.append(nn.Linear(width, num_classes))
+        layers.append(Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
     def unroll(self, images: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None):
@@ -64,9 +65,9 @@ class ConvolutionalNet(nn.Module):
             nn.Conv2d(channels, config.cnn_filters, kernel_size=kernel, stride=stride),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(config.cnn_filters * out_h * out_w, config.cnn_hidden),
+            Linear(config.cnn_filters * out_h * out_w, config.cnn_hidden),
             nn.ReLU(),
-            nn.Linear(config.cnn_hidden, num_classes),
+            Linear(config.cnn_hidden, num_classes),
         )
 
     def unroll(self, images: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from attention import AttentionError
+from attention.linear import Linear
 from attention.registry import Registry
 
 WHERE_HEADS = Registry("where policy")
@@ -35,7 +36,7 @@ class Classifier(nn.Module):
 
     def __init__(self, *, hidden_size: int, num_classes: int):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, num_classes)
+        self.linear = Linear(hidden_size, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.linear(h)
@@ -46,7 +47,7 @@ class Baseline(nn.Module):
 
     def __init__(self, *, hidden_size: int):
         super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
+        self.linear = Linear(hidden_size, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.linear(h).squeeze(1)
@@ -76,7 +77,7 @@ class GaussianWhereHead(nn.Module):
                 "model.where.bound 'tanh' is for deterministic where-heads; a Gaussian policy uses 'clamp' "
                 "(tanh mean, clamped sample) or 'none'"
             )
-        self.linear = nn.Linear(hidden_size, where_dim)
+        self.linear = Linear(hidden_size, where_dim)
         self.std = std
         self.bound = bound
 
@@ -135,7 +136,7 @@ class DeterministicWhereHead(nn.Module):
         super().__init__()
         if bound not in BOUNDS:
             raise AttentionError(f"unknown model.where.bound '{bound}'; use one of {', '.join(BOUNDS)}")
-        self.linear = nn.Linear(hidden_size, where_dim)
+        self.linear = Linear(hidden_size, where_dim)
         self.squash_centre = bound == "tanh"
 
     def forward(self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None) -> WhereSample:

@@ -16,6 +16,7 @@ from attention import AttentionError
 from attention.config import ModelConfig
 from attention.cores import CORES
 from attention.heads import WHERE_HEADS, Baseline, Classifier, WhereSample, uniform_locations
+from attention.linear import Linear
 from attention.readers import READERS
 from attention.registry import Registry
 
@@ -48,10 +49,10 @@ class GlimpseNetwork(nn.Module):
         self, *, reader_dim: int, where_dim: int, image_hidden: int, location_hidden: int, output_size: int
     ):
         super().__init__()
-        self.image = nn.Linear(reader_dim, image_hidden)
-        self.location = nn.Linear(where_dim, location_hidden)
-        self.image_out = nn.Linear(image_hidden, output_size)
-        self.location_out = nn.Linear(location_hidden, output_size)
+        self.image = Linear(reader_dim, image_hidden)
+        self.location = Linear(where_dim, location_hidden)
+        self.image_out = Linear(image_hidden, output_size)
+        self.location_out = Linear(location_hidden, output_size)
 
     def forward(self, rho: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         h_g = torch.relu(self.image(rho))
