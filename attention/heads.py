@@ -1,7 +1,7 @@
 """Heads that read the core state h_t: classifier, baseline, and where-heads.
 
 Where-heads decide where the reader looks next. Each returns a :class:`WhereSample`:
-``stochastic`` heads also give the log-probability of the where actually used (for REINFORCE);
+learned ``stochastic`` heads also give the log-probability of the where actually used (for REINFORCE);
 deterministic heads give a differentiable where (for soft attention, trained by backprop).
 """
 
@@ -28,7 +28,13 @@ CENTRE_DIMS = 2
 class WhereSample:
     where: torch.Tensor  # (B, where_dim), what the reader is given
     mean: torch.Tensor  # (B, where_dim), the policy's mean (equal to where for deterministic heads)
-    log_prob: torch.Tensor | None  # (B,), log pi(where | h) for stochastic heads, else None
+    head: nn.Module | None = None  # the stochastic head that drew ``where``, else None
+
+    @property
+    def log_prob(self) -> torch.Tensor | None:
+        """(B,) log pi(where | h) for a learned stochastic head, else None. Computed on request, so that
+        ``unroll`` can compute it for all steps at once with ``head.log_prob``."""
+        return None if self.head is None else self.head.log_prob(self.where, self.mean)
 
 
 class Classifier(nn.Module):
@@ -85,23 +91,33 @@ class GaussianWhereHead(nn.Module):
         mean = self.linear(h)
         if self.bound == "clamp":
             mean = torch.tanh(mean)
+        where = mean.detach()
         if sample:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            where = mean.detach() + self.std * noise
-        else:
-            where = mean.detach()
+            where = where + self.std * torch.randn(
+                mean.shape, generator=generator, device=mean.device, dtype=mean.dtype
+            )
+        if self.bound == "clamp":
+            where = where.clamp(-1.0, 1.0)
+        return WhereSample(where=where, mean=mean, head=self)
+
+    def log_prob(self, where: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """log pi(where | mean), summed over the last dimension: (..., where_dim) -> (...).
+
+        With ``bound="clamp"`` a coordinate at +-1 was clamped there, and a clamped coordinate follows a
+        censored Gaussian: the bounds carry the whole tail mass, so its log-probability is log P(sample beyond
+        the bound), not the density there (which would bias REINFORCE near the border).
+        """
         log_density = (
             -((where - mean) ** 2) / (2 * self.std**2) - math.log(self.std) - 0.5 * math.log(2 * math.pi)
         )
         if self.bound == "clamp":
-            # A clamped coordinate follows a censored Gaussian: the bounds carry the whole tail mass, so the
-            # log-probability of a location at +-1 is log P(sample beyond it), not the density there (which
-            # would bias REINFORCE near the border).
-            upper, lower = where >= 1.0, where <= -1.0
-            where = where.clamp(-1.0, 1.0)
-            log_density = torch.where(upper, torch.special.log_ndtr((mean - 1.0) / self.std), log_density)
-            log_density = torch.where(lower, torch.special.log_ndtr((-1.0 - mean) / self.std), log_density)
-        return WhereSample(where=where, mean=mean, log_prob=log_density.sum(dim=1))
+            log_density = torch.where(
+                where >= 1.0, torch.special.log_ndtr((mean - 1.0) / self.std), log_density
+            )
+            log_density = torch.where(
+                where <= -1.0, torch.special.log_ndtr((-1.0 - mean) / self.std), log_density
+            )
+        return log_density.sum(dim=-1)
 
 
 @WHERE_HEADS.register("random")
@@ -116,7 +132,7 @@ class RandomWhereHead(nn.Module):
 
     def forward(self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None) -> WhereSample:
         where = uniform_locations(h.shape[0], self.where_dim, h.device, generator)
-        return WhereSample(where=where, mean=where, log_prob=None)
+        return WhereSample(where=where, mean=where)
 
 
 @WHERE_HEADS.register("deterministic")
@@ -143,7 +159,7 @@ class DeterministicWhereHead(nn.Module):
         where = self.linear(h)
         if self.squash_centre:
             where = torch.cat([torch.tanh(where[:, :CENTRE_DIMS]), where[:, CENTRE_DIMS:]], dim=1)
-        return WhereSample(where=where, mean=where, log_prob=None)
+        return WhereSample(where=where, mean=where)
 
 
 def uniform_locations(

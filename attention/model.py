@@ -151,11 +151,12 @@ class RecurrentAttentionModel(nn.Module):
         return self.where_head(h, sample=sample, generator=generator)
 
     def value(self, h: torch.Tensor) -> torch.Tensor:
-        """Baseline b_t. Unless ``routing.baseline_reaches_core`` it reads a detached h_t, so its squared
-        error trains only the baseline head."""
+        """Baseline b_t for h_t of any leading shape (..., hidden) -> (...). Unless
+        ``routing.baseline_reaches_core`` it reads a detached h_t, so its squared error trains only the
+        baseline head."""
         if not self.config.routing.baseline_reaches_core:
             h = h.detach()
-        return self.baseline(h)
+        return self.baseline(h.reshape(-1, h.shape[-1])).view(h.shape[:-1])
 
     # -- the one unroll ----------------------------------------------------------------------------------
 
@@ -166,8 +167,7 @@ class RecurrentAttentionModel(nn.Module):
         batch = images.shape[0]
         state = self.core.initial_state(batch, images.device)
         where = self.first_where(state, batch, sample=sample, generator=generator)
-        wheres, means, log_probs, baselines = [where], [where], [], []
-        h = self.core.hidden(state)
+        wheres, means, policy_states = [where], [where], []
         for t in range(self.num_glimpses):
             h, state = self.step(images, where, state)
             if t == self.num_glimpses - 1:
@@ -177,15 +177,20 @@ class RecurrentAttentionModel(nn.Module):
             wheres.append(where)
             means.append(choice.mean)
             if self.learns_by_reinforce:
-                log_probs.append(choice.log_prob)
-                baselines.append(self.value(h))
-        empty = images.new_zeros((0, batch))
+                policy_states.append(h)
+        where, where_mean = torch.stack(wheres), torch.stack(means)  # (T, B, where_dim)
+        log_probs = baselines = images.new_zeros((0, batch))
+        if policy_states:
+            # log pi and b_t of all S = T - 1 policy steps at once: a few large operations instead of a few
+            # dozen small ones per step (the per-operation overhead is much of a training step at batch 128)
+            log_probs = self.where_head.log_prob(where[1:], where_mean[1:])  # (S, B)
+            baselines = self.value(torch.stack(policy_states))  # (S, B)
         return Rollout(
             logits=self.classifier(h),
-            where=torch.stack(wheres),
-            where_mean=torch.stack(means),
-            log_probs=torch.stack(log_probs) if log_probs else empty,
-            baselines=torch.stack(baselines) if baselines else empty,
+            where=where,
+            where_mean=where_mean,
+            log_probs=log_probs,
+            baselines=baselines,
         )
 
 
