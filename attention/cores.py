@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attention.linear import Linear
+from attention.linear import Linear, linear
 from attention.registry import Registry
 
 CORES = Registry("core")
@@ -41,7 +41,12 @@ class RectifierRNN(nn.Module):
 
 @CORES.register("lstm")
 class LSTMCore(nn.Module):
-    """An LSTM core (the paper's choice for the game); state (h, c), both zero at the start."""
+    """An LSTM core (the paper's choice for the game); state (h, c), both zero at the start.
+
+    The parameters are those of ``nn.LSTMCell`` (gates i, f, g, o), but the step is written out so that its
+    two products go through :func:`attention.linear.linear` (oneDNN on the CPU); it equals
+    ``nn.LSTMCell`` up to float rounding (tests/test_model.py).
+    """
 
     def __init__(self, *, input_size: int, hidden_size: int):
         super().__init__()
@@ -56,5 +61,10 @@ class LSTMCore(nn.Module):
         return state[0]
 
     def step(self, g: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        h, c = self.cell(g, state)
+        h, c = state
+        cell = self.cell
+        gates = linear(g, cell.weight_ih, cell.bias_ih) + linear(h, cell.weight_hh, cell.bias_hh)
+        input_gate, forget_gate, candidate, output_gate = gates.chunk(4, dim=1)
+        c = torch.sigmoid(forget_gate) * c + torch.sigmoid(input_gate) * torch.tanh(candidate)
+        h = torch.sigmoid(output_gate) * torch.tanh(c)
         return h, (h, c)

@@ -237,3 +237,18 @@ def test_clamped_locations_use_the_censored_log_probability():
     drawn = score_head(torch.zeros(20000, 4), sample=True, generator=torch.Generator().manual_seed(1))
     drawn.log_prob.mean().backward()
     assert score_head.linear.bias.grad.abs().max() < 0.02
+
+
+def test_lstm_core_step_equals_torch_lstm_cell():
+    torch.manual_seed(0)
+    core = CORES.build("lstm", input_size=6, hidden_size=5)
+    g = torch.randn(4, 6, requires_grad=True)
+    state = (torch.randn(4, 5), torch.randn(4, 5))
+    h, (h_again, c) = core.step(g, state)
+    expected_h, expected_c = core.cell(g, state)
+    torch.testing.assert_close(h, expected_h)
+    torch.testing.assert_close(c, expected_c)
+    assert h is h_again
+    (grad_ours,) = torch.autograd.grad((h.sum() + c.sum()), g)
+    (grad_torch,) = torch.autograd.grad((expected_h.sum() + expected_c.sum()), g)
+    torch.testing.assert_close(grad_ours, grad_torch)
