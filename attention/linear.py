@@ -7,9 +7,10 @@ reach about 200 (docs/performance.md). The layers' products are most of a RAM tr
 equal PyTorch's up to float rounding (another order of summation); tests/test_linear.py checks values and
 gradients against ``torch.nn.functional.linear``.
 
-Everything else (other devices and dtypes, inputs that are not 2-D, a PyTorch without the operator, or
-``ATTENTION_ONEDNN_LINEAR=0`` in the environment) goes through ``torch.nn.functional.linear`` unchanged.
-The parameters are those of ``nn.Linear``, so state dicts load either way.
+Everything else (other devices and dtypes, inputs that are not 2-D or are empty, a PyTorch without the
+operator, or ``ATTENTION_ONEDNN_LINEAR=0`` in the environment) goes through ``torch.nn.functional.linear``
+unchanged. The parameters are those of ``nn.Linear``, so state dicts load either way. Not supported on the
+oneDNN path: second derivatives (refused), forward-mode AD, and CPU autocast (it stays float32).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 # Set ATTENTION_ONEDNN_LINEAR=0 to keep PyTorch's default kernels (for example to compare the two).
 SWITCH = "ATTENTION_ONEDNN_LINEAR"
@@ -51,6 +53,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return _PRODUCT(x, weight, bias)
 
     @staticmethod
+    @once_differentiable  # oneDNN's product has no autograd of its own: refuse a second derivative
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()  # a broadcast gradient (stride 0) is not a layout oneDNN takes
@@ -69,6 +72,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if (
         _PRODUCT is not None
         and x.dim() == 2
+        and x.numel() > 0
+        and weight.numel() > 0  # oneDNN refuses empty products
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)

@@ -75,3 +75,23 @@ def test_onednn_is_used_where_pytorch_has_it_unless_switched_off():
     # On the project's CPU builds the operator exists; the fallback is for other builds and devices.
     expected = hasattr(torch.ops.mkldnn, "_linear_pointwise") and os.environ.get(SWITCH) != "0"
     assert onednn_enabled() == expected
+
+
+def test_layers_take_the_onednn_path_where_enabled():
+    layer = Linear(3, 2)
+    out = layer(torch.randn(4, 3))
+    assert ("OneDNN" in type(out.grad_fn).__name__) == onednn_enabled()
+
+
+def test_empty_batch_gives_an_empty_product():
+    out = linear(torch.zeros(0, 3), torch.randn(2, 3), torch.randn(2))
+    assert out.shape == (0, 2)
+
+
+@pytest.mark.skipif(not onednn_enabled(), reason="second derivatives are refused only on the oneDNN path")
+def test_second_derivative_is_refused_not_silently_zero():
+    x = torch.randn(4, 3, requires_grad=True)
+    weight = torch.randn(2, 3, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(linear(x, weight).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(grad_x.sum(), weight)

@@ -183,6 +183,19 @@ def test_log_prob_is_of_the_location_actually_used():
     torch.testing.assert_close(rollout.log_probs, expected)
 
 
+def test_unroll_log_prob_at_the_border_is_the_tail_mass():
+    # a wide policy puts many chosen locations on the border, where the rollout's log-probability must be
+    # the censored Gaussian's tail mass, not the density
+    model, rollout, _ = ram_and_rollout(**{"where.std": 3.0})
+    used, mean = rollout.where[1:], rollout.where_mean[1:]
+    assert (used.abs() == 1.0).any()
+    inside = torch.distributions.Normal(mean, 3.0).log_prob(used)
+    upper = torch.special.log_ndtr((mean - 1.0) / 3.0)
+    lower = torch.special.log_ndtr((-1.0 - mean) / 3.0)
+    expected = torch.where(used == 1.0, upper, torch.where(used == -1.0, lower, inside)).sum(-1)
+    torch.testing.assert_close(rollout.log_probs, expected)
+
+
 def test_mean_unroll_follows_policy_means():
     model = build(model_config(**{"where.initial": "center"}))
     rollout = model.unroll(torch.rand(4, 1, SIZE, SIZE), sample=False)
@@ -243,12 +256,14 @@ def test_lstm_core_step_equals_torch_lstm_cell():
     torch.manual_seed(0)
     core = CORES.build("lstm", input_size=6, hidden_size=5)
     g = torch.randn(4, 6, requires_grad=True)
-    state = (torch.randn(4, 5), torch.randn(4, 5))
+    state = (torch.randn(4, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True))
     h, (h_again, c) = core.step(g, state)
     expected_h, expected_c = core.cell(g, state)
     torch.testing.assert_close(h, expected_h)
     torch.testing.assert_close(c, expected_c)
     assert h is h_again
-    (grad_ours,) = torch.autograd.grad((h.sum() + c.sum()), g)
-    (grad_torch,) = torch.autograd.grad((expected_h.sum() + expected_c.sum()), g)
-    torch.testing.assert_close(grad_ours, grad_torch)
+    inputs = (g, *state, *core.parameters())
+    ours = torch.autograd.grad((2 * h + c).sum(), inputs)
+    reference = torch.autograd.grad((2 * expected_h + expected_c).sum(), inputs)
+    for got, expected in zip(ours, reference, strict=True):
+        torch.testing.assert_close(got, expected)

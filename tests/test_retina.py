@@ -58,6 +58,22 @@ def test_squares_over_the_batch_buffer_edges_equal_reference_loop(patch_size, nu
     torch.testing.assert_close(fast, reference_glimpse(images, locations, patch_size, num_scales))
 
 
+def test_non_contiguous_batches_read_the_same_as_contiguous_ones():
+    # the first channel of an HWC batch, and every other column: flattening them gives a strided view
+    generator = torch.Generator().manual_seed(2)
+    channels_last = torch.rand(4, 28, 28, 3, generator=generator).permute(0, 3, 1, 2)[:, :1]
+    every_other = torch.rand(4, 1, 28, 56, generator=generator)[..., ::2]
+    locations = torch.tensor([[0.0, 0.0], [-1.0, -1.0], [0.5, -0.2], [1.0, 1.0]])
+    for images in (channels_last, every_other):
+        fast = glimpse(images, locations, patch_size=8, num_scales=2)
+        torch.testing.assert_close(fast, glimpse(images.contiguous(), locations, patch_size=8, num_scales=2))
+
+
+def test_empty_batch_reads_nothing():
+    patches = glimpse(torch.zeros(0, 1, 28, 28), torch.zeros(0, 2), patch_size=8, num_scales=2)
+    assert patches.shape == (0, 2, 1, 8, 8)
+
+
 def test_one_pixel_image_peaks_at_patch_centre():
     image = torch.zeros(1, 1, 28, 28)
     image[0, 0, 14, 14] = 1.0

@@ -29,7 +29,11 @@ def _read_square(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, si
     gathering the same pixels one index each, and it still touches only the pixels it returns.
     """
     batch, channels, height, width = images.shape
-    flat = images.reshape(-1)  # a view for the usual contiguous batch
+    if batch == 0:
+        return images.new_zeros(0, channels, side, side)
+    # The strided view below counts in elements of the buffer, so the batch must be contiguous (a view for
+    # the usual batch; a non-contiguous one is copied once per read)
+    flat = images.contiguous().view(-1)
     offsets = torch.arange(side, device=images.device)
     # a square starting further out than this lies wholly outside either way
     rows = top.clamp(-side, height)[:, None] + offsets  # (B, side)
