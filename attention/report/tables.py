@@ -18,7 +18,11 @@ def describe(config) -> str:
         return f"CNN, {m.cnn_filters} {kernel} filters stride {m.cnn_stride}, {m.cnn_hidden} hiddens"
     r = m.reader
     if r.name == "filterbank":
-        return f"soft attention (filterbank), {m.num_glimpses} glimpses, {r.grid_size}x{r.grid_size}"
+        bound = ", centre bounded by tanh" if m.where.bound == "tanh" else ""
+        return (
+            f"soft attention (filterbank), {m.num_glimpses} glimpses, {r.grid_size}x{r.grid_size}, "
+            f"{m.core.name} core{bound}"
+        )
     policy = "random glimpses" if m.where.policy == "random" else "glimpses"
     scales = f"{r.num_scales} scale" + ("s" if r.num_scales > 1 else "")
     return f"RAM, {m.num_glimpses} {policy}, {r.patch_size}x{r.patch_size}, {scales}, {m.core.name} core"
