@@ -386,4 +386,4 @@ def crossovers(result: dict[str, Any], reference: str = "RAM", other: str = "CNN
 def save_scaling_figure(result: dict[str, Any], out) -> None:
     from attention.report.figures import plot_scaling, save_figure
 
-    save_figure(lambda ax: plot_scaling(ax, result["scaling"]), out, size=(6.5, 4.5))
+    save_figure(lambda ax: plot_scaling(ax, result["scaling"]), out, size=(9.5, 4.5))

@@ -259,7 +259,8 @@ def plot_scaling(ax: Axes, rows: list[dict]) -> Axes:
     ax.set_xlabel("image side (pixels)")
     ax.set_ylabel("inference time per image (ms)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    # beside the axes: inside, it would hide the flat RAM line it is about
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return ax
 
 
