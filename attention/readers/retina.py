@@ -25,8 +25,9 @@ def _read_square(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, si
     (columns left of the image or past its right edge run into the neighbouring row of the buffer and are
     zeroed by the column mask below; rows outside the image are read from the nearest image row and zeroed
     by the row mask). A strided view whose i-th row is ``flat[i : i + side]`` turns reading all of them into
-    one ``index_select`` of whole rows, which copies each row as a block: about 50x faster on this CPU than
-    gathering the same pixels one index each, and it still touches only the pixels it returns.
+    one ``index_select`` of whole rows, which copies each row as a block (the 96 x 96 read of 128 images of
+    100 x 100 took about 0.4 ms on one thread here, against 6.5 ms with one index per pixel), and it still
+    touches only the pixels it returns.
     """
     batch, channels, height, width = images.shape
     if batch == 0:
