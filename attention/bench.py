@@ -126,11 +126,19 @@ def pool_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return pooled
 
 
+def compiled_label(case: TrainingCase) -> str:
+    """What ``train.compile`` compiles for this case (see attention.train.training_unroll)."""
+    if not case.overrides.get("train.compile", False):
+        return ""
+    soft = case.overrides.get("model.where.policy") == "deterministic"
+    return ", compiled unroll" if soft else ", compiled sensor"
+
+
 def training_throughput(
     case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist=None, device: torch.device
 ) -> dict[str, Any]:
     from attention.data.tasks import TrainingStream, resolve, to_float
-    from attention.train import make_model, make_optimizer
+    from attention.train import make_model, make_optimizer, training_unroll
 
     config = with_overrides(Config(), case.overrides)
     config = with_overrides(config, {"data.canvas_size": resolve(config.data).canvas_size})
@@ -140,9 +148,10 @@ def training_throughput(
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
+    unroll = training_unroll(model, config)  # what a training step runs, compiled or not
 
     def step(images=images, labels=labels):
-        rollout = model.unroll(images, sample=True, generator=generator)
+        rollout = unroll(images, generator)
         loss = hybrid(rollout, labels).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -151,7 +160,7 @@ def training_throughput(
             torch.cuda.synchronize()
 
     row = {
-        "config": case.name + (", compiled sensor" if config.train.compile else ""),
+        "config": case.name + compiled_label(case),
         "overrides": case.overrides,
         "batch": batch,
         **_summary(timed(step, warmup=warmup, repeats=repeats), batch),
@@ -242,7 +251,8 @@ def run(
     rounds: int | None = None,
 ) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command (one round);
-    ``compiled`` adds the RAM training cases with the torch.compile'd sensor; each figure pools the
+    ``compiled`` adds every training case with ``train.compile`` (the retina's sensor or the soft reader's
+    whole unroll compiled); each figure pools the
     timings of ``rounds`` interleaved rounds (default 3, or 1 with ``quick``)."""
     from attention import AttentionError
     from attention.data.mnist import load_mnist
@@ -259,21 +269,14 @@ def run(
         mnist = None
     cases = list(TRAINING_CASES)
     if compiled:
-        cases += [
-            TrainingCase(case.name, {**case.overrides, **COMPILED})
-            for case in TRAINING_CASES
-            if case.overrides.get("model.reader.name", "retina") == "retina"
-        ]
+        cases += [TrainingCase(case.name, {**case.overrides, **COMPILED}) for case in TRAINING_CASES]
     # Every case is measured once per round and the rounds are interleaved, so that slow spells of a shared
     # machine fall on all cases alike instead of on whichever case was running at the time.
     training_rounds: list[list[dict[str, Any]]] = [[] for _ in cases]
     for round_ in range(rounds):
         for rows, case in zip(training_rounds, cases, strict=True):
             compiled_case = case.overrides.get("train.compile", False)
-            progress(
-                f"round {round_ + 1}/{rounds} training: {case.name}"
-                + (", compiled sensor" if compiled_case else "")
-            )
+            progress(f"round {round_ + 1}/{rounds} training: {case.name}{compiled_label(case)}")
             # compiled cases get extra warm-up steps: the first calls compile
             rows.append(
                 training_throughput(

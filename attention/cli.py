@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="rounds pooled per figure (default 3; 1 with --quick)",
     )
-    bench.add_argument("--no-compile", action="store_true", help="skip the compiled-sensor training cases")
+    bench.add_argument(
+        "--no-compile", action="store_true", help="skip the compiled (train.compile) training cases"
+    )
     data_dir(bench)
     device(bench)
     bench.set_defaults(func=cmd_bench)

@@ -160,8 +160,10 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 1000
     compile: bool = False
-    """Compile the retina's sensor with torch.compile (slow first steps; results equal to eager up to
-    float rounding). Off by default: ``attention bench`` measures both, and eager was faster on this CPU."""
+    """torch.compile part of each training step (slow first steps; results equal to eager up to float
+    rounding): a soft reader's whole unroll, a retina's sensor (a sampling policy breaks a whole-unroll
+    graph). Off by default: ``attention bench`` measures both; it pays off on a GPU, where the per-operation
+    cost of a small recurrent model bounds a step."""
     init_from: str | None = None
     """Start from the weights of a finished run (its directory or its model.pt) instead of a fresh draw, e.g.
     a curriculum from an easier task; the model must have the same shapes. The digest of those weights is

@@ -77,6 +77,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
+        # torch.compile cannot trace the private operator; its own compiler picks the kernels there
+        and not torch.compiler.is_compiling()
     ):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

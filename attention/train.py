@@ -46,6 +46,9 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step", "plateau")
 # How often (in steps) the progress bar's loss and error are refreshed.
 PROGRESS_EVERY = 25
+# torch.compile mode of the compiled unroll on CUDA (see training_unroll). "reduce-overhead" (CUDA graphs)
+# crashed the process (segmentation fault) on an H100 with PyTorch 2.11; the default mode ran.
+COMPILE_MODE_CUDA: str | None = None
 
 
 def resolve_config(config: Config) -> Config:
@@ -104,6 +107,27 @@ def make_model(config: Config, device: torch.device) -> torch.nn.Module:
     if config.train.compile and isinstance(getattr(model, "reader", None), RetinaReader):
         model.reader.use_compiled_sensor()
     return model.to(device)
+
+
+def training_unroll(model: torch.nn.Module, config: Config) -> Callable[..., Any]:
+    """What a training step calls for its rollout: ``unroll(images, generator)`` with sampling.
+
+    With ``train.compile`` a model whose unroll draws no random numbers (a deterministic where-head: the
+    soft reader) runs it torch.compile'd as one graph. That removes most of the per-operation cost of a
+    small recurrent model, which is what bounds a step on a GPU (``COMPILE_MODE_CUDA``). A stochastic
+    model keeps the eager unroll (its sampling generator breaks the graph) and compiles the retina's sensor
+    only (:func:`make_model`).
+    """
+    head = getattr(model, "where_head", None)
+    if config.train.compile and head is not None and not head.stochastic:
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        compiled = torch.compile(
+            lambda images: model.unroll(images, sample=True, generator=None),
+            dynamic=True,  # one graph for the full batches and the last, smaller one
+            mode=COMPILE_MODE_CUDA if on_cuda else None,
+        )
+        return lambda images, generator: compiled(images)
+    return lambda images, generator: model.unroll(images, sample=True, generator=generator)
 
 
 def make_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -165,13 +189,16 @@ def train_epoch(
     epoch: int,
     run_dir: Path,
     bar: tqdm,
+    unroll: Callable[..., Any] | None = None,
 ) -> dict[str, float]:
     """One pass of hybrid-loss steps over ``batches``; returns the epoch's training metrics.
 
-    ``learning_rate(step)`` gives the rate of each step. A non-finite loss or gradient norm stops training
+    ``learning_rate(step)`` gives the rate of each step; ``unroll`` is :func:`training_unroll`'s (by default
+    the model's eager unroll). A non-finite loss or gradient norm stops training
     with an :class:`AttentionError` before the weights are touched.
     """
     t = config.train
+    unroll = unroll or training_unroll(model, config)
     model.train()
     started = time.perf_counter()
     sums = {"loss": 0.0, "cross_entropy": 0.0, "reinforce": 0.0, "baseline": 0.0, "reward": 0.0}
@@ -181,7 +208,7 @@ def train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, labels = to_float(images, device), labels.to(device)
-        rollout = model.unroll(images, sample=True, generator=sample_generator)
+        rollout = unroll(images, sample_generator)
         terms = hybrid(
             rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
         )
@@ -321,6 +348,7 @@ def fit(
     data_generator = torch.Generator().manual_seed(config.train.seed)
     sample_generator = _generator(config.train.seed + 1, device_)
     stream = TrainingStream(mnist, config.data, data_generator)
+    unroll = training_unroll(model, config)
     t = config.train
     steps_per_epoch = math.ceil(len(stream) / t.batch_size)
     total_steps = steps_per_epoch * t.epochs
@@ -369,6 +397,7 @@ def fit(
                 epoch=epoch,
                 run_dir=run_dir,
                 bar=bar,
+                unroll=unroll,
             )
         val_error = error_pct(
             model,

@@ -271,3 +271,62 @@ def test_init_from_a_model_of_other_shapes_or_nothing_is_refused_before_anything
     with pytest.raises(AttentionError, match="does not exist"):
         fit(missing, run_dir=tmp_path / "c", data_dir=mnist_dir, progress=False)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_compiled_unroll_of_a_soft_reader_gives_the_eager_loss_and_gradients():
+    from attention.losses import hybrid
+    from attention.train import make_model, training_unroll
+
+    config = resolve_config(
+        with_overrides(
+            Config(),
+            {
+                "model.num_glimpses": 2,
+                "model.reader.name": "filterbank",
+                "model.reader.grid_size": 3,
+                "model.where.policy": "deterministic",
+                "model.glimpse.image_hidden": 8,
+                "model.glimpse.location_hidden": 8,
+                "model.glimpse.output_size": 16,
+                "model.core.hidden_size": 16,
+                "train.compile": True,
+            },
+        )
+    )
+    model = make_model(config, torch.device("cpu"))
+    images = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(6)
+
+    def loss_and_grads(unroll):
+        model.zero_grad()
+        loss = hybrid(unroll(images, None), labels, reinforce_weight=1.0, baseline_weight=1.0).total
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    eager_loss, eager_grads = loss_and_grads(lambda x, _generator: model.unroll(x, sample=True))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled_unroll = training_unroll(model, config)
+    compiled_loss, compiled_grads = loss_and_grads(compiled_unroll)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really was compiled
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for compiled, eager in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
+    # the last batch of an epoch is smaller: the same graph serves it (dynamic batch)
+    smaller = compiled_unroll(images[:4], None)
+    torch.testing.assert_close(smaller.logits, model.unroll(images[:4], sample=True).logits)
+
+
+def test_a_stochastic_model_keeps_the_eager_unroll_under_compile():
+    # its sampling generator breaks a compiled graph: only the retina's sensor is compiled (make_model)
+    from attention.train import make_model, training_unroll
+
+    config = resolve_config(with_overrides(Config(), {"model.num_glimpses": 2, "train.compile": False}))
+    model = make_model(config, torch.device("cpu"))
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    unroll = training_unroll(model, with_overrides(config, {"train.compile": True}))
+    rollout = unroll(images, torch.Generator().manual_seed(3))
+    expected = model.unroll(images, sample=True, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(rollout.where, expected.where)
+    torch.testing.assert_close(rollout.logits, expected.logits)
