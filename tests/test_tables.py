@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,28 @@ def test_study_set_accepts_nested_tables_and_refuses_other_values(tmp_path):
     study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = 4\n')
     with pytest.raises(AttentionError, match="set must be a table"):
         study_table(study, tmp_path / "runs")
+
+
+def test_rows_name_non_default_sizes_a_cut_schedule_and_a_gpu(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[data]\ntask = "mnist"\n[model.core]\nhidden_size = 512\n[model.glimpse]\noutput_size = 64\n'
+        "[train]\nepochs = 10\ncompile = true\n"
+    )
+    config = resolve_config(with_overrides(Config(), load_toml(recipe)))
+    run_dir = fake_run(tmp_path / "runs", config, 2.0)
+    result = json.loads((run_dir / "result.json").read_text())
+    result.update(epochs_budget=10, stopped_because="time_budget", device="cuda")
+    write_json(run_dir / "result.json", result)
+    study = tmp_path / "study.toml"
+    study.write_text(f'[[row]]\nconfig = "{recipe}"\n')
+    row = study_table(study, tmp_path / "runs").splitlines()[-1]
+    assert "glimpse net 128/128/64, core 512" in row
+    assert "cosine, compiled |" in row
+    assert "| 3 of 10 (time budget) |" in row
+    assert "| 2.0 min (cuda) |" in row
+    # a run that ran its whole schedule on the CPU says neither
+    result.update(epochs_run=10, stopped_because="epochs", device="cpu")
+    write_json(run_dir / "result.json", result)
+    row = study_table(study, tmp_path / "runs").splitlines()[-1]
+    assert "| 10 | 2.0 min |" in row

@@ -8,6 +8,19 @@ from attention import AttentionError
 from attention.runs import RESULT, find_run, load_run_config, read_json
 
 
+def sizes_label(model) -> str:
+    """', glimpse net 256/128/512, core 512' where the layer sizes differ from the defaults, else ''."""
+    from attention.config import CoreConfig, GlimpseNetConfig
+
+    g, default = model.glimpse, GlimpseNetConfig()
+    label = ""
+    if g != default:
+        label += f", glimpse net {g.image_hidden}/{g.location_hidden}/{g.output_size}"
+    if model.core.hidden_size != CoreConfig().hidden_size:
+        label += f", core {model.core.hidden_size}"
+    return label
+
+
 def describe(config) -> str:
     """A short human label of a run's model, e.g. 'RAM, 6 glimpses, 8x8, 1 scale'."""
     m = config.model
@@ -21,18 +34,38 @@ def describe(config) -> str:
         bound = ", centre bounded by tanh" if m.where.bound == "tanh" else ""
         return (
             f"soft attention (filterbank), {m.num_glimpses} glimpses, {r.grid_size}x{r.grid_size}, "
-            f"{m.core.name} core{bound}"
+            f"{m.core.name} core{bound}{sizes_label(m)}"
         )
     policy = "random glimpses" if m.where.policy == "random" else "glimpses"
     scales = f"{r.num_scales} scale" + ("s" if r.num_scales > 1 else "")
-    return f"RAM, {m.num_glimpses} {policy}, {r.patch_size}x{r.patch_size}, {scales}, {m.core.name} core"
+    return (
+        f"RAM, {m.num_glimpses} {policy}, {r.patch_size}x{r.patch_size}, {scales}, {m.core.name} core"
+        f"{sizes_label(m)}"
+    )
 
 
 def training_label(config) -> str:
     t = config.train
-    return f"{t.optimizer} lr {t.learning_rate:g} {t.schedule}" + (
-        f", clip {t.grad_clip:g}" if t.grad_clip else ""
+    return (
+        f"{t.optimizer} lr {t.learning_rate:g} {t.schedule}"
+        + (f", clip {t.grad_clip:g}" if t.grad_clip else "")
+        + (", compiled" if t.compile else "")
     )
+
+
+def epochs_label(result: dict) -> str:
+    """Epochs run, and of how many when a stopping rule ended the run before its schedule did."""
+    run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
+    stopped = result.get("stopped_because", "epochs")
+    if stopped == "epochs" or run >= budget:
+        return str(run)
+    return f"{run} of {budget} ({stopped.replace('_', ' ')})"
+
+
+def time_label(result: dict) -> str:
+    """Training time, and where it ran when that was not the CPU (times on other devices differ)."""
+    device = result.get("device", "cpu")
+    return f"{result['train_seconds'] / 60:.1f} min" + ("" if device == "cpu" else f" ({device})")
 
 
 def task_label(data: dict) -> str:
@@ -64,8 +97,8 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
             f"| {task_label(result['data'])} | {describe(config)} | {training_label(config)} | "
             + (f"{paper[index]} | " if paper is not None else "")
             + f"{result['test_error_pct']:.2f}% "
-            f"| {result['test_error_sampled_pct']:.2f}% | {result['n_test']} | {result['epochs_run']} "
-            f"| {result['train_seconds'] / 60:.1f} min | {result['seed']} | `{run_dir}` |"
+            f"| {result['test_error_sampled_pct']:.2f}% | {result['n_test']} | {epochs_label(result)} "
+            f"| {time_label(result)} | {result['seed']} | `{run_dir}` |"
         )
     return "\n".join(rows) + "\n"
 
