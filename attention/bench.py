@@ -249,11 +249,15 @@ def run(
     device: torch.device | None = None,
     progress: Callable[[str], None] = log.info,
     rounds: int | None = None,
+    cases: str | None = None,
+    scaling: bool = True,
 ) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command (one round);
     ``compiled`` adds every training case with ``train.compile`` (the retina's sensor or the soft reader's
     whole unroll compiled); each figure pools the
-    timings of ``rounds`` interleaved rounds (default 3, or 1 with ``quick``)."""
+    timings of ``rounds`` interleaved rounds (default 3, or 1 with ``quick``). ``cases`` keeps only the
+    training cases whose name contains it; ``scaling=False`` skips the inference cost against image size
+    (both for a short lease of a GPU machine)."""
     from attention import AttentionError
     from attention.data.mnist import load_mnist
 
@@ -267,14 +271,18 @@ def run(
     except AttentionError as error:
         progress(f"no MNIST ({error}); data generation is not measured")
         mnist = None
-    cases = list(TRAINING_CASES)
+    chosen = [case for case in TRAINING_CASES if cases is None or cases in case.name]
+    if not chosen:
+        names = "; ".join(case.name for case in TRAINING_CASES)
+        raise AttentionError(f"no training case matches '{cases}'; the cases are: {names}")
+    measured = list(chosen)
     if compiled:
-        cases += [TrainingCase(case.name, {**case.overrides, **COMPILED}) for case in TRAINING_CASES]
+        measured += [TrainingCase(case.name, {**case.overrides, **COMPILED}) for case in chosen]
     # Every case is measured once per round and the rounds are interleaved, so that slow spells of a shared
     # machine fall on all cases alike instead of on whichever case was running at the time.
-    training_rounds: list[list[dict[str, Any]]] = [[] for _ in cases]
+    training_rounds: list[list[dict[str, Any]]] = [[] for _ in measured]
     for round_ in range(rounds):
-        for rows, case in zip(training_rounds, cases, strict=True):
+        for rows, case in zip(training_rounds, measured, strict=True):
             compiled_case = case.overrides.get("train.compile", False)
             progress(f"round {round_ + 1}/{rounds} training: {case.name}{compiled_label(case)}")
             # compiled cases get extra warm-up steps: the first calls compile
@@ -289,7 +297,7 @@ def run(
                 )
             )
     training = [pool_rounds(rows) for rows in training_rounds]
-    sizes = SCALING_SIZES[:2] if quick else SCALING_SIZES
+    sizes = (SCALING_SIZES[:2] if quick else SCALING_SIZES) if scaling else ()
     points = [
         (name, overrides, size, batch)
         for name, overrides in SCALING_MODELS.items()

@@ -146,12 +146,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         device=pick_device(args.device),
         progress=lambda message: print(message, file=sys.stderr),
         rounds=args.rounds,
+        cases=args.cases,
+        scaling=not args.no_scaling,
     )
     print(bench.format_table(result), end="")
     if args.json:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
     if args.figure:
+        if not result["scaling"]:
+            raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")
         bench.save_scaling_figure(result, Path(args.figure))
         print(f"wrote {args.figure}")
 
@@ -247,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--no-compile", action="store_true", help="skip the compiled (train.compile) training cases"
     )
+    bench.add_argument("--cases", help="only the training cases whose name contains this text")
+    bench.add_argument("--no-scaling", action="store_true", help="skip the inference cost against image size")
     data_dir(bench)
     device(bench)
     bench.set_defaults(func=cmd_bench)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from attention import bench
@@ -122,3 +123,21 @@ def test_saved_files_get_the_permissions_of_plainly_created_ones(tmp_path):
     plain.write_text("x")
     out = save_figure(lambda ax: ax.plot([0, 1], [0, 1]), tmp_path / "figure.png")
     assert os.stat(out).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_bench_measures_only_the_cases_asked_for_and_refuses_an_unknown_one(monkeypatch):
+    from attention import AttentionError
+
+    measured = []
+    monkeypatch.setattr(
+        bench,
+        "training_throughput",
+        lambda case, **_kw: measured.append(case.overrides)
+        or {"config": case.name, "batch": 1, **bench._summary([1.0], 1)},
+    )
+    result = bench.run(quick=True, cases="soft attention", scaling=False, data_dir="/nonexistent")
+    assert [o.get("train.compile", False) for o in measured] == [False, True]
+    assert all(o["model.reader.name"] == "filterbank" for o in measured)
+    assert result["scaling"] == []
+    with pytest.raises(AttentionError, match="no training case matches 'nothing'"):
+        bench.run(quick=True, cases="nothing", scaling=False, data_dir="/nonexistent")
