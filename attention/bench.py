@@ -236,6 +236,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "onednn_linear": onednn_enabled(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         # settings that change the timings without changing the code
         "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
     }
@@ -341,6 +342,8 @@ def format_table(result: dict[str, Any]) -> str:
                 f"   data alone {row['data_generation']['images_per_s']:.0f}"
             )
         lines.append(line)
+    if not result["scaling"]:
+        return "\n".join(lines) + "\n"
     lines += ["", "Inference cost per image (ms) against image size", ""]
     sizes = sorted({r["image_size"] for r in result["scaling"]})
     header = f"  {'model':<40} {'batch':>5} " + " ".join(f"{s:>9}" for s in sizes)
