@@ -228,7 +228,7 @@ def pool_cost_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {**_cost_row(key, [t for row in rows for t in row["seconds"]]), "rounds": len(rows)}
 
 
-def machine() -> dict[str, Any]:
+def machine(device: torch.device | None = None) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
@@ -236,7 +236,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "onednn_linear": onednn_enabled(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None,
         # settings that change the timings without changing the code
         "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
     }
@@ -322,7 +322,7 @@ def run(
             )
     scaling = [pool_cost_rounds(rows) for rows in scaling_rounds]
     return {
-        "machine": machine(),
+        "machine": machine(device),
         "device": str(device),
         "warmup": warmup,
         "repeats": repeats,

@@ -139,6 +139,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from attention.runs import write_json
     from attention.train import pick_device
 
+    if args.figure and args.no_scaling:
+        raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")
     result = bench.run(
         quick=args.quick,
         compiled=not args.no_compile,
@@ -154,8 +156,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
     if args.figure:
-        if not result["scaling"]:
-            raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")
         bench.save_scaling_figure(result, Path(args.figure))
         print(f"wrote {args.figure}")
 

@@ -67,6 +67,10 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+# torch.compiler.is_compiling is PyTorch 2.3+; older versions have only the dynamo one
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.functional.linear``, on oneDNN for 2-D float32 CPU tensors when available."""
     if (
@@ -78,7 +82,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         and x.dtype == weight.dtype == torch.float32
         and (bias is None or bias.dtype == torch.float32)
         # torch.compile cannot trace the private operator; its own compiler picks the kernels there
-        and not torch.compiler.is_compiling()
+        and not _is_compiling()
     ):
         return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -46,9 +46,10 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine", "step", "plateau")
 # How often (in steps) the progress bar's loss and error are refreshed.
 PROGRESS_EVERY = 25
-# torch.compile mode of the compiled unroll on CUDA (see training_unroll). "reduce-overhead" (CUDA graphs)
-# crashed the process (segmentation fault) on an H100 with PyTorch 2.11; the default mode ran.
-COMPILE_MODE_CUDA: str | None = None
+# torch.compile mode of the compiled unroll (see training_unroll): the default. "reduce-overhead" (CUDA
+# graphs) would also take the kernel launches off a GPU step, but crashed the process (segmentation fault)
+# on an H100 with PyTorch 2.11.
+COMPILE_MODE: str | None = None
 
 
 def resolve_config(config: Config) -> Config:
@@ -114,17 +115,16 @@ def training_unroll(model: torch.nn.Module, config: Config) -> Callable[..., Any
 
     With ``train.compile`` a model whose unroll draws no random numbers (a deterministic where-head: the
     soft reader) runs it torch.compile'd as one graph. That removes most of the per-operation cost of a
-    small recurrent model, which is what bounds a step on a GPU (``COMPILE_MODE_CUDA``). A stochastic
+    small recurrent model, which is what bounds a step on a GPU (``COMPILE_MODE``). A stochastic
     model keeps the eager unroll (its sampling generator breaks the graph) and compiles the retina's sensor
     only (:func:`make_model`).
     """
     head = getattr(model, "where_head", None)
     if config.train.compile and head is not None and not head.stochastic:
-        on_cuda = next(model.parameters()).device.type == "cuda"
         compiled = torch.compile(
             lambda images: model.unroll(images, sample=True, generator=None),
             dynamic=True,  # one graph for the full batches and the last, smaller one
-            mode=COMPILE_MODE_CUDA if on_cuda else None,
+            mode=COMPILE_MODE,
         )
         return lambda images, generator: compiled(images)
     return lambda images, generator: model.unroll(images, sample=True, generator=generator)
@@ -193,9 +193,9 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass of hybrid-loss steps over ``batches``; returns the epoch's training metrics.
 
-    ``learning_rate(step)`` gives the rate of each step; ``unroll`` is :func:`training_unroll`'s (by default
-    the model's eager unroll). A non-finite loss or gradient norm stops training
-    with an :class:`AttentionError` before the weights are touched.
+    ``learning_rate(step)`` gives the rate of each step; ``unroll`` is :func:`training_unroll`'s (made
+    here when not given: pass one to keep a compiled graph across epochs). A non-finite loss or gradient
+    norm stops training with an :class:`AttentionError` before the weights are touched.
     """
     t = config.train
     unroll = unroll or training_unroll(model, config)

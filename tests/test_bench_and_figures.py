@@ -132,8 +132,9 @@ def test_bench_measures_only_the_cases_asked_for_and_refuses_an_unknown_one(monk
     monkeypatch.setattr(
         bench,
         "training_throughput",
-        lambda case, **_kw: measured.append(case.overrides)
-        or {"config": case.name, "batch": 1, **bench._summary([1.0], 1)},
+        lambda case, **_kw: (
+            measured.append(case.overrides) or {"config": case.name, "batch": 1, **bench._summary([1.0], 1)}
+        ),
     )
     result = bench.run(quick=True, cases="soft attention", scaling=False, data_dir="/nonexistent")
     assert [o.get("train.compile", False) for o in measured] == [False, True]

@@ -49,7 +49,7 @@ def training_label(config) -> str:
     return (
         f"{t.optimizer} lr {t.learning_rate:g} {t.schedule}"
         + (f", clip {t.grad_clip:g}" if t.grad_clip else "")
-        + (", compiled" if t.compile else "")
+        + (", compiled" if t.compile and config.model.name == "ram" else "")
     )
 
 
