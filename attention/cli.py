@@ -118,7 +118,7 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
 
 
 def cmd_report_table(args: argparse.Namespace) -> None:
-    from attention.report.tables import results_table, study_table
+    from attention.report.tables import replace_table_section, results_table, study_table
     from attention.runs import atomic_write_bytes
 
     if args.study:
@@ -127,7 +127,16 @@ def cmd_report_table(args: argparse.Namespace) -> None:
         text = results_table([Path(p) for p in args.run_dirs])
     else:
         raise AttentionError("report table needs run directories or --study FILE")
-    if args.out:
+    if args.into:
+        if not args.study:
+            raise AttentionError("--into replaces a study's section: give --study FILE")
+        target = Path(args.into)
+        if not target.exists():
+            raise AttentionError(f"{target} does not exist: --into updates a document that has the section")
+        updated = replace_table_section(target.read_text(), text)
+        atomic_write_bytes(target, updated.encode())
+        print(f"updated {target}")
+    elif args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")
     else:
@@ -237,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--study", help="a study TOML whose rows name configs (and the paper's numbers)")
     table.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
     table.add_argument("--out")
+    table.add_argument(
+        "--into", help="replace the study's section (its heading and table) in this Markdown document"
+    )
     table.set_defaults(func=cmd_report_table)
 
     bench = commands.add_parser("bench", help="training throughput and inference cost against image size")

@@ -95,3 +95,14 @@ def test_rows_name_non_default_sizes_a_cut_schedule_and_a_gpu(tmp_path):
     write_json(run_dir / "result.json", result)
     row = study_table(study, tmp_path / "runs").splitlines()[-1]
     assert "| 10 | 2.0 min |" in row
+
+
+def test_a_study_section_is_replaced_in_place_and_the_prose_around_it_kept():
+    from attention.report.tables import replace_table_section
+
+    document = "# Results\n\nprose before\n\n## seeds\n\n| a |\n| --- |\n| old |\n\nFigures: kept\n"
+    rendered = "## seeds\n\n| a |\n| --- |\n| new |\n| newer |\n"
+    updated = replace_table_section(document, rendered)
+    assert updated == "# Results\n\nprose before\n\n" + rendered + "\nFigures: kept\n"
+    with pytest.raises(AttentionError, match="'## other' is not in the document"):
+        replace_table_section(document, "## other\n\n| a |\n")

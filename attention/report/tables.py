@@ -129,3 +129,23 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
         paper.append(row.get("paper", ""))
     title = study.get("title", Path(study_file).stem)
     return f"## {title}\n\n" + results_table(run_dirs, paper)
+
+
+def replace_table_section(document: str, rendered: str) -> str:
+    """``document`` with the section ``rendered`` (a study table: its ``## title`` line, a blank line and the
+    table) put in place of the one under the same heading: the heading, the blank lines after it and the
+    table's lines, nothing more, so the prose around it stays as written."""
+    heading = rendered.splitlines()[0]
+    lines = document.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == heading]
+    if len(starts) != 1:
+        found = "is not" if not starts else "is more than once"
+        raise AttentionError(
+            f"the heading '{heading}' {found} in the document: add it once where the table goes"
+        )
+    end = starts[0] + 1
+    while end < len(lines) and not lines[end].strip():
+        end += 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return "".join(lines[: starts[0]]) + rendered + "".join(lines[end:])
