@@ -127,11 +127,11 @@ def pool_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compiled_label(case: TrainingCase) -> str:
-    """What ``train.compile`` compiles for this case (see attention.train.training_unroll)."""
-    if not case.overrides.get("train.compile", False):
-        return ""
-    soft = case.overrides.get("model.where.policy") == "deterministic"
-    return ", compiled unroll" if soft else ", compiled sensor"
+    """', compiled unroll' or ', compiled sensor': what ``train.compile`` compiles for this case."""
+    from attention.train import compiled_part
+
+    part = compiled_part(with_overrides(Config(), case.overrides))
+    return f", compiled {part}" if part else ""
 
 
 def training_throughput(
@@ -255,8 +255,8 @@ def run(
 ) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command (one round);
     ``compiled`` adds every training case with ``train.compile`` (the retina's sensor or the soft reader's
-    whole unroll compiled); each figure pools the
-    timings of ``rounds`` interleaved rounds (default 3, or 1 with ``quick``). ``cases`` keeps only the
+    whole unroll compiled); each figure pools the timings of ``rounds`` interleaved rounds (default 3, or 1
+    with ``quick``). ``cases`` keeps only the
     training cases whose name contains it; ``scaling=False`` skips the inference cost against image size
     (both for a short lease of a GPU machine)."""
     from attention import AttentionError

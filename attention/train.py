@@ -23,9 +23,9 @@ from attention.config import Config, config_hash, to_dict
 from attention.data.mnist import load_mnist
 from attention.data.tasks import TrainingStream, fixed_set, resolve, to_float
 from attention.evaluate import error_pct, evaluate_model
+from attention.heads import WHERE_HEADS
 from attention.losses import hybrid
 from attention.model import build_model
-from attention.readers import RetinaReader
 from attention.runs import (
     CHECKPOINT,
     CONFIG,
@@ -105,9 +105,21 @@ def make_model(config: Config, device: torch.device) -> torch.nn.Module:
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(config.train.seed)
         model = build_model(config.model, image_size=(size, size))
-    if config.train.compile and isinstance(getattr(model, "reader", None), RetinaReader):
+    if compiled_part(config) == "sensor":
         model.reader.use_compiled_sensor()
     return model.to(device)
+
+
+def compiled_part(config: Config) -> str | None:
+    """What ``train.compile`` compiles for this config: ``"unroll"`` for a RAM whose where-head draws no
+    random numbers (the soft reader), ``"sensor"`` for a retina (its sampling policy breaks a whole-unroll
+    graph), else None. The one place that decides it: training, the bench and the tables ask here."""
+    m = config.model
+    if not config.train.compile or m.name != "ram":
+        return None
+    if not WHERE_HEADS.get(m.where.policy).stochastic:
+        return "unroll"
+    return "sensor" if m.reader.name == "retina" else None
 
 
 def training_unroll(model: torch.nn.Module, config: Config) -> Callable[..., Any]:
@@ -119,8 +131,7 @@ def training_unroll(model: torch.nn.Module, config: Config) -> Callable[..., Any
     model keeps the eager unroll (its sampling generator breaks the graph) and compiles the retina's sensor
     only (:func:`make_model`).
     """
-    head = getattr(model, "where_head", None)
-    if config.train.compile and head is not None and not head.stochastic:
+    if compiled_part(config) == "unroll":
         compiled = torch.compile(
             lambda images: model.unroll(images, sample=True, generator=None),
             dynamic=True,  # one graph for the full batches and the last, smaller one

@@ -45,11 +45,13 @@ def describe(config) -> str:
 
 
 def training_label(config) -> str:
+    from attention.train import compiled_part
+
     t = config.train
     return (
         f"{t.optimizer} lr {t.learning_rate:g} {t.schedule}"
         + (f", clip {t.grad_clip:g}" if t.grad_clip else "")
-        + (", compiled" if t.compile and config.model.name == "ram" else "")
+        + (", compiled" if compiled_part(config) else "")
     )
 
 
