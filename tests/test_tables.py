@@ -106,3 +106,27 @@ def test_a_study_section_is_replaced_in_place_and_the_prose_around_it_kept():
     assert updated == "# Results\n\nprose before\n\n" + rendered + "\nFigures: kept\n"
     with pytest.raises(AttentionError, match="'## other' is not in the document"):
         replace_table_section(document, "## other\n\n| a |\n")
+
+
+def test_retina_rows_name_the_location_policy_and_batch_when_they_differ_from_the_defaults(tmp_path):
+    from attention.report.tables import describe, training_label
+
+    retina = {"model.reader.name": "retina", "model.where.policy": "gaussian"}
+    plain = with_overrides(Config(), retina)
+    assert describe(plain).endswith("rnn core") and "batch" not in training_label(plain)
+    varied = with_overrides(
+        plain,
+        {
+            "model.where.std": 0.2,
+            "model.where.bound": "none",
+            "model.routing.reinforce_reaches_core": True,
+            "model.routing.baseline_reaches_core": True,
+            "train.batch_size": 32,
+        },
+    )
+    label = describe(varied)
+    assert "location std 0.2" in label and "unbounded locations" in label
+    assert "REINFORCE and baseline also train the core" in label
+    assert "batch 32" in training_label(varied)
+    only_reinforce = with_overrides(plain, {"model.routing.reinforce_reaches_core": True})
+    assert describe(only_reinforce).endswith(", REINFORCE also trains the core")

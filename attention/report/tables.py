@@ -21,6 +21,32 @@ def sizes_label(model) -> str:
     return label
 
 
+def location_label(model) -> str:
+    """How a Gaussian location policy differs from the defaults: its std, bound, first glimpse and which
+    losses train the core (these change what a retina learns, so a table must show them)."""
+    from attention.config import WhereConfig
+
+    where, routing, default = model.where, model.routing, WhereConfig()
+    label = ""
+    if where.std != default.std:
+        label += f", location std {where.std:g}"
+    if where.bound == "none":
+        label += ", unbounded locations"
+    if where.initial != default.initial:
+        label += f", first glimpse at the {where.initial}"
+    trainers = [
+        name
+        for name, on in (
+            ("REINFORCE", routing.reinforce_reaches_core),
+            ("baseline", routing.baseline_reaches_core),
+        )
+        if on
+    ]
+    if trainers:
+        label += f", {' and '.join(trainers)} also train{'s' if len(trainers) == 1 else ''} the core"
+    return label
+
+
 def describe(config) -> str:
     """A short human label of a run's model, e.g. 'RAM, 6 glimpses, 8x8, 1 scale'."""
     m = config.model
@@ -38,18 +64,21 @@ def describe(config) -> str:
         )
     policy = "random glimpses" if m.where.policy == "random" else "glimpses"
     scales = f"{r.num_scales} scale" + ("s" if r.num_scales > 1 else "")
+    locations = location_label(m) if m.where.policy == "gaussian" else ""
     return (
         f"RAM, {m.num_glimpses} {policy}, {r.patch_size}x{r.patch_size}, {scales}, {m.core.name} core"
-        f"{sizes_label(m)}"
+        f"{sizes_label(m)}{locations}"
     )
 
 
 def training_label(config) -> str:
+    from attention.config import TrainConfig
     from attention.train import compiled_part
 
     t = config.train
     return (
         f"{t.optimizer} lr {t.learning_rate:g} {t.schedule}"
+        + (f", batch {t.batch_size}" if t.batch_size != TrainConfig().batch_size else "")
         + (f", clip {t.grad_clip:g}" if t.grad_clip else "")
         + (", compiled" if compiled_part(config) else "")
     )
