@@ -245,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("run_dirs", nargs="*")
     table.add_argument("--study", help="a study TOML whose rows name configs (and the paper's numbers)")
     table.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
-    table.add_argument("--out")
-    table.add_argument(
+    # one destination per table: given both, one of them would be silently left stale
+    destination = table.add_mutually_exclusive_group()
+    destination.add_argument("--out", help="write the table to this file")
+    destination.add_argument(
         "--into", help="replace the study's section (its heading and table) in this Markdown document"
     )
     table.set_defaults(func=cmd_report_table)

@@ -130,3 +130,16 @@ def test_retina_rows_name_the_location_policy_and_batch_when_they_differ_from_th
     assert "batch 32" in training_label(varied)
     only_reinforce = with_overrides(plain, {"model.routing.reinforce_reaches_core": True})
     assert describe(only_reinforce).endswith(", REINFORCE also trains the core")
+
+
+def test_report_table_refuses_two_destinations_and_writes_neither(tmp_path, capsys):
+    from attention.cli import main
+
+    document = tmp_path / "results.md"
+    document.write_text("# results\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["report", "table", "--study", "s.toml", "--into", str(document), "--out", str(tmp_path / "t.md")]
+        )
+    assert exit_info.value.code != 0 and "not allowed with argument" in capsys.readouterr().err
+    assert document.read_text() == "# results\n" and not (tmp_path / "t.md").exists()
