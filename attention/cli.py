@@ -117,6 +117,27 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_report_curves(args: argparse.Namespace) -> None:
+    from attention.report.figures import plot_curves, save_figure
+    from attention.report.tables import describe, study_rows
+    from attention.runs import load_run_config, read_metrics
+
+    if args.study:
+        rows = study_rows(Path(args.study), Path(args.runs_dir))[1]
+    elif args.run_dirs:
+        rows = [(Path(p), {}) for p in args.run_dirs]
+    else:
+        raise AttentionError("report curves needs run directories or --study FILE")
+    curves = []
+    for run_dir, row in rows:
+        if not (run_dir / "config.json").is_file():
+            raise AttentionError(f"{run_dir} is not a run directory (no config.json)")
+        label = row.get("label") or describe(load_run_config(run_dir))
+        curves.append((label, read_metrics(run_dir)))
+    save_figure(lambda ax: plot_curves(ax, curves, args.metric), Path(args.out), size=(7.0, 4.5))
+    print(f"wrote {args.out}")
+
+
 def cmd_report_table(args: argparse.Namespace) -> None:
     from attention.report.tables import replace_table_section, results_table, study_table
     from attention.runs import atomic_write_bytes
@@ -252,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--into", help="replace the study's section (its heading and table) in this Markdown document"
     )
     table.set_defaults(func=cmd_report_table)
+
+    curves = report.add_parser("curves", help="a per-epoch metric of runs against the epoch (PNG)")
+    curves.add_argument("run_dirs", nargs="*")
+    curves.add_argument("--study", help="plot the runs of this study's rows (legend: a row's label)")
+    curves.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    curves.add_argument(
+        "--metric", default="val_error_pct", help="a key of metrics.jsonl (default val_error_pct)"
+    )
+    curves.add_argument("--out", required=True)
+    curves.set_defaults(func=cmd_report_curves)
 
     bench = commands.add_parser("bench", help="training throughput and inference cost against image size")
     bench.add_argument("--json", help="also write the measurements to this JSON file")

@@ -143,3 +143,60 @@ def test_report_table_refuses_two_destinations_and_writes_neither(tmp_path, caps
         )
     assert exit_info.value.code != 0 and "not allowed with argument" in capsys.readouterr().err
     assert document.read_text() == "# results\n" and not (tmp_path / "t.md").exists()
+
+
+def test_report_curves_plots_a_metric_per_run_labelled_by_the_studys_rows(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from attention.cli import main
+    from attention.report.figures import plot_curves
+    from attention.report.tables import study_rows
+    from attention.runs import read_metrics, write_metrics
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[data]\ntask = "mnist"\n[train]\nepochs = 3\nseed = 0\n')
+    base = resolve_config(with_overrides(Config(), load_toml(recipe)))
+    for seed, errors in ((0, [50.0, 30.0, 20.0]), (2, [60.0, 40.0, 10.0])):
+        run = fake_run(tmp_path / "runs", with_overrides(base, {"train.seed": seed}), errors[-1])
+        write_metrics(run, [{"epoch": e + 1, "val_error_pct": v} for e, v in enumerate(errors)])
+    study = tmp_path / "study.toml"
+    study.write_text(
+        f'[[row]]\nconfig = "{recipe}"\nlabel = "seed 0"\n'
+        f'[[row]]\nconfig = "{recipe}"\nset = {{ "train.seed" = 2 }}\nlabel = "seed 2"\n'
+    )
+    _, rows = study_rows(study, tmp_path / "runs")
+    fig, ax = plt.subplots()
+    plot_curves(ax, [(row["label"], read_metrics(run)) for run, row in rows], "val_error_pct")
+    assert ax.get_legend_handles_labels()[1] == ["seed 0", "seed 2"]
+    assert list(ax.lines[1].get_ydata()) == [60.0, 40.0, 10.0]
+    plt.close(fig)
+    out = tmp_path / "curves.png"
+    assert (
+        main(
+            [
+                "report",
+                "curves",
+                "--study",
+                str(study),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_curves_refuses_a_metric_no_run_recorded_and_writes_nothing(tmp_path, capsys):
+    from attention.cli import main
+    from attention.runs import write_metrics
+
+    run = fake_run(tmp_path / "runs", resolve_config(Config()), 2.0)
+    write_metrics(run, [{"epoch": 1, "val_error_pct": 2.0, "train_loss": 0.1}])
+    out = tmp_path / "curves.png"
+    assert main(["report", "curves", str(run), "--metric", "val_eror_pct", "--out", str(out)]) == 2
+    message = capsys.readouterr().err
+    assert "val_eror_pct" in message and "val_error_pct" in message and len(message.strip().splitlines()) == 1
+    assert not out.exists()

@@ -264,6 +264,28 @@ def plot_scaling(ax: Axes, rows: list[dict]) -> Axes:
     return ax
 
 
+def plot_curves(ax: Axes, curves: list[tuple[str, list[dict]]], metric: str) -> Axes:
+    """One line per run: ``metric`` from its ``metrics.jsonl`` rows against the epoch. Refuses a metric no
+    run recorded, naming the ones they did."""
+    plotted = 0
+    for label, rows in curves:
+        points = [(row["epoch"], row[metric]) for row in rows if row.get(metric) is not None]
+        if points:
+            epochs, values = zip(*points, strict=True)
+            ax.plot(epochs, values, label=label, linewidth=1.2)
+            plotted += 1
+    if not plotted:
+        recorded = ", ".join(sorted({key for _, rows in curves for row in rows for key in row} - {"epoch"}))
+        raise AttentionError(
+            f"no run recorded '{metric}' per epoch; choose one of: {recorded or 'none (no epochs)'}"
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_pct", " (%)").replace("_", " "))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
+
+
 def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path:
     """Draw with ``draw(ax)`` on a fresh figure and save it as a PNG."""
     fig, ax = plt.subplots(figsize=size)

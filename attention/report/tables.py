@@ -134,10 +134,10 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
     return "\n".join(rows) + "\n"
 
 
-def study_table(study_file: Path, runs_dir: Path) -> str:
-    """Render a study file's rows from the runs their configs hash to. A row names a ``config`` file, may
-    ``set`` overrides on top of it (``set = { "train.seed" = 2 }``, as ``--set`` does on the command line)
-    and may give the ``paper``'s number."""
+def study_rows(study_file: Path, runs_dir: Path) -> tuple[str, list[tuple[Path, dict]]]:
+    """A study file's title and, for each row, the run its config hashes to and the row itself. A row names
+    a ``config`` file, may ``set`` overrides on top of it (``set = { "train.seed" = 2 }``, as ``--set`` does
+    on the command line), and may give the ``paper``'s number and a short ``label`` for figure legends."""
     from attention.config import Config, flatten, load_toml, tomllib, with_overrides
     from attention.train import resolve_config
 
@@ -145,7 +145,7 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
         study = tomllib.loads(Path(study_file).read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise AttentionError(f"cannot read study file {study_file}: {error}") from None
-    run_dirs, paper = [], []
+    rows = []
     for row in study.get("row", []):
         if "config" not in row:
             raise AttentionError(f'{study_file}: every [[row]] needs a config = "studies/....toml"')
@@ -155,11 +155,15 @@ def study_table(study_file: Path, runs_dir: Path) -> str:
                 f'{study_file}: a row\'s set must be a table, e.g. set = {{ "train.seed" = 2 }}'
             )
         config = with_overrides(with_overrides(Config(), load_toml(row["config"])), flatten(overrides))
-        config = resolve_config(config)
-        run_dirs.append(find_run(config, Path(runs_dir)))
-        paper.append(row.get("paper", ""))
-    title = study.get("title", Path(study_file).stem)
-    return f"## {title}\n\n" + results_table(run_dirs, paper)
+        rows.append((find_run(resolve_config(config), Path(runs_dir)), row))
+    return study.get("title", Path(study_file).stem), rows
+
+
+def study_table(study_file: Path, runs_dir: Path) -> str:
+    """Render a study file's rows (:func:`study_rows`) as a ``## title`` section with its table."""
+    title, rows = study_rows(study_file, runs_dir)
+    run_dirs = [run_dir for run_dir, _ in rows]
+    return f"## {title}\n\n" + results_table(run_dirs, [row.get("paper", "") for _, row in rows])
 
 
 def replace_table_section(document: str, rendered: str) -> str:
