@@ -130,10 +130,8 @@ def cmd_report_curves(args: argparse.Namespace) -> None:
         raise AttentionError("report curves needs run directories or --study FILE")
     curves = []
     for run_dir, row in rows:
-        if not (run_dir / "config.json").is_file():
-            raise AttentionError(f"{run_dir} is not a run directory (no config.json)")
-        label = row.get("label") or describe(load_run_config(run_dir))
-        curves.append((label, read_metrics(run_dir)))
+        config = load_run_config(run_dir)  # also refuses a directory that is not a run, in one line
+        curves.append((row.get("label") or describe(config), read_metrics(run_dir)))
     save_figure(lambda ax: plot_curves(ax, curves, args.metric), Path(args.out), size=(7.0, 4.5))
     print(f"wrote {args.out}")
 
