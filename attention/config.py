@@ -306,7 +306,42 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise AttentionError(f"config file {path} is not valid TOML: {error}") from None
 
 
+# Fields that change how a run is evaluated, never its trained weights: left out of the run identity, so
+# re-evaluating a run another way (more sampled passes, another batch size) finds the same run.
+EVALUATION_ONLY = ("train.eval_batch_size", "eval.")
+
+
+def _field_default(spec: dataclasses.Field) -> Any:
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    return spec.default_factory()  # type: ignore[misc]
+
+
+def identity_fields(config: Any, prefix: str = "") -> dict[str, Any]:
+    """The dotted fields that make a run what it is: those that differ from their declared defaults, less
+    the evaluation-only ones. Defaults are left out so that adding a field (with a default that keeps the
+    old behaviour) leaves every existing run's identity unchanged."""
+    found: dict[str, Any] = {}
+    for spec in dataclasses.fields(config):
+        key = prefix + spec.name
+        if any(key == name or key.startswith(name) and name.endswith(".") for name in EVALUATION_ONLY):
+            continue
+        value = getattr(config, spec.name)
+        if dataclasses.is_dataclass(value):
+            found.update(identity_fields(value, key + "."))
+        elif value != _field_default(spec):
+            found[key] = list(value) if isinstance(value, tuple) else value
+    return found
+
+
 def config_hash(config: Config) -> str:
-    """A stable identifier of a resolved configuration (seed included): sha256 of its sorted JSON."""
-    text = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    """A run's identity: sha256 of :func:`identity_fields` (seed included), with ``train.init_from`` stood
+    for by the digest of the weights it names rather than their path, so a stage that starts from the same
+    weights is the same run wherever those weights live."""
+    fields = identity_fields(config)
+    if config.train.init_from is not None:
+        from attention.runs import weights_digest
+
+        fields["train.init_from"] = "sha256:" + weights_digest(config.train.init_from)
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

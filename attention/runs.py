@@ -6,6 +6,8 @@ A run is identified by the hash of its resolved config (seed included); files ar
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -85,23 +87,62 @@ def load_run_config(run_dir: Path) -> Config:
     return from_dict(Config, read_json(Path(run_dir) / CONFIG))
 
 
-def find_run(config: Config, runs_dir: Path) -> Path:
-    """The run directory of ``config`` under ``runs_dir``: ``<config hash>`` if present, else the run whose
-    config.json equals ``config`` once read with today's defaults (runs made before a config field was added
-    carry an older hash). Refuses when there is none."""
-    from attention.config import config_hash, to_dict
+def weights_file(source: str | Path) -> Path:
+    """The weights a ``train.init_from`` names: a run directory's model.pt, or the file itself."""
+    path = Path(source)
+    found = path / WEIGHTS if path.is_dir() else path
+    if not found.is_file():
+        raise AttentionError(
+            f"train.init_from: {found} does not exist; give a finished run directory or its {WEIGHTS}"
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def weights_digest(source: str | Path) -> str:
+    """sha256 of the weights file ``source`` names (cached while the file is unchanged)."""
+    path = weights_file(source).resolve()
+    stat = path.stat()
+    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+# identity of each run directory already read: a config.json is written once and never changed
+_identities: dict[Path, str | None] = {}
+
+
+def run_identity(run_dir: Path) -> str | None:
+    """The identity (:func:`config_hash`) of the run in ``run_dir``, or None if it is not a readable run."""
+    from attention.config import config_hash
+
+    run_dir = Path(run_dir).resolve()
+    if run_dir not in _identities:
+        try:
+            _identities[run_dir] = config_hash(load_run_config(run_dir))
+        except AttentionError:
+            return None  # not (yet) a run, or one whose init_from weights are gone: not cached
+    return _identities[run_dir]
+
+
+def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Path | None:
+    """The run directory of ``config`` under ``runs_dir``: ``<identity>`` if present, else the run whose
+    config.json has the same identity (runs made before the identity rule of today carry an older name).
+    Refuses when there is none, or returns None with ``missing_ok``."""
+    from attention.config import config_hash
 
     runs_dir = Path(runs_dir)
-    direct = runs_dir / config_hash(config)
-    if direct.is_dir():
+    wanted = config_hash(config)
+    direct = runs_dir / wanted
+    if (direct / CONFIG).is_file():
         return direct
-    wanted = to_dict(config)
     for candidate in sorted(runs_dir.glob(f"*/{CONFIG}")):
-        try:
-            if to_dict(load_run_config(candidate.parent)) == wanted:
-                return candidate.parent
-        except AttentionError:
-            continue
+        if run_identity(candidate.parent) == wanted:
+            return candidate.parent
+    if missing_ok:
+        return None
     raise AttentionError(
         f"no run of this configuration under {runs_dir} (expected {direct.name}); train it first"
     )

@@ -35,7 +35,9 @@ from attention.runs import (
     git_revision,
     read_json,
     read_metrics,
+    run_identity,
     safe_load,
+    weights_file,
     write_json,
     write_metrics,
 )
@@ -291,20 +293,15 @@ def record_validation(state: dict[str, Any], val_error: float, config: Config) -
 def load_initial_weights(model: torch.nn.Module, source: str | Path, device: torch.device) -> str:
     """Load ``train.init_from`` (a run directory or a weights file) into ``model``; returns the file's
     sha256, so the result records exactly which weights the run started from."""
-    path = Path(source)
-    weights_file = path / WEIGHTS if path.is_dir() else path
-    if not weights_file.is_file():
-        raise AttentionError(
-            f"train.init_from: {weights_file} does not exist; give a finished run directory or its {WEIGHTS}"
-        )
-    payload = weights_file.read_bytes()
-    state = safe_load(weights_file, map_location=device)
+    path = weights_file(source)
+    payload = path.read_bytes()
+    state = safe_load(path, map_location=device)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise AttentionError(
-            f"train.init_from: the weights in {weights_file} do not fit this model ({first}); the reader "
+            f"train.init_from: the weights in {path} do not fit this model ({first}); the reader "
             "output, glimpse network, core and heads must have the same sizes"
         ) from None
     return hashlib.sha256(payload).hexdigest()
@@ -324,12 +321,15 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     stop_after_epochs: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` and return its result (also written to ``result.json``).
 
     The run directory is ``runs_dir/<config hash>`` unless ``run_dir`` is given. A finished run is not
     retrained: its result is returned. An unfinished one continues only with ``resume=True``.
     ``stop_after_epochs`` ends this call early (as an interruption would), leaving a resumable run.
+    ``on_epoch(row)`` is called with each epoch's metrics once its checkpoint is written (a search reports
+    to its pruner there); an exception it raises ends the call and leaves the run resumable.
     """
     config = resolve_config(config)
     revision = git_revision()  # the code this call starts with, not whatever is checked out at the end
@@ -338,7 +338,7 @@ def fit(
     device_ = pick_device(device)
     checkpoint_path = run_dir / CHECKPOINT
     if (run_dir / CONFIG).exists():
-        if read_json(run_dir / CONFIG) != to_dict(config):
+        if run_identity(run_dir) != identity:
             raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
         if (run_dir / RESULT).exists():
             log.info("run %s is finished; returning its result", run_dir)
@@ -353,7 +353,8 @@ def fit(
     init_digest = load_initial_weights(model, init_from, device_) if init_from else None
     mnist = load_mnist(data_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, to_dict(config))
+    if not (run_dir / CONFIG).exists():  # a run's record of what it is, written once
+        write_json(run_dir / CONFIG, to_dict(config))
     validation = fixed_set(mnist, config.data, "validation")
     optimizer = make_optimizer(config, model)
     data_generator = torch.Generator().manual_seed(config.train.seed)
@@ -454,6 +455,8 @@ def fit(
             epoch_seconds,
         )
         calls_epochs += 1
+        if on_epoch is not None:
+            on_epoch(metrics[-1])
 
     model.load_state_dict(best_weights)
     atomic_torch_save(run_dir / WEIGHTS, best_weights)

@@ -64,3 +64,47 @@ def test_none_means_no_value_only_where_a_field_allows_it():
         Config(), {"train.grad_clip": parse_value("none"), "model.where.bound": parse_value("none")}
     )
     assert config.train.grad_clip is None and config.model.where.bound == "none"
+
+
+def test_evaluation_only_settings_are_not_part_of_a_runs_identity():
+    base = with_overrides(Config(), {"train.epochs": 3})
+    for key, value in [("eval.sampled_repeats", 10), ("train.eval_batch_size", 17)]:
+        assert config_hash(with_overrides(base, {key: value})) == config_hash(base), key
+    assert config_hash(with_overrides(base, {"train.batch_size": 17})) != config_hash(base)
+
+
+def test_a_new_field_with_a_default_leaves_existing_identities_unchanged():
+    import dataclasses
+
+    from attention.config import TrainConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class TrainConfigOfTomorrow(TrainConfig):
+        new_knob: float = 0.5
+
+    today = with_overrides(Config(), {"train.epochs": 3, "model.num_glimpses": 4})
+    tomorrow = dataclasses.replace(today, train=TrainConfigOfTomorrow(**dataclasses.asdict(today.train)))
+    assert config_hash(tomorrow) == config_hash(today)
+    changed = dataclasses.replace(tomorrow, train=dataclasses.replace(tomorrow.train, new_knob=0.7))
+    assert config_hash(changed) != config_hash(today)
+
+
+def test_init_from_is_identified_by_the_digest_of_its_weights_not_its_path(tmp_path):
+    import shutil
+
+    import torch
+
+    first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    first.mkdir()
+    torch.save({"w": torch.ones(2)}, first / "model.pt")
+    shutil.copytree(first, second)
+    other.mkdir()
+    torch.save({"w": torch.zeros(2)}, other / "model.pt")
+
+    def identity(source):
+        return config_hash(with_overrides(Config(), {"train.init_from": str(source)}))
+
+    assert identity(first) == identity(second) == identity(second / "model.pt")
+    assert identity(first) != identity(other)
+    with pytest.raises(AttentionError, match="does not exist"):
+        identity(tmp_path / "missing")
