@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -62,14 +63,12 @@ def read_json(path: Path) -> Any:
 
 
 def atomic_torch_save(path: Path, value: Any) -> None:
-    handle, temporary = _temporary_beside(path)
-    os.close(handle)
-    try:
-        torch.save(value, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically. Serialized in memory first: torch.save names its archive after the file it
+    writes, so saving straight to a temporary file would make the same weights differ byte for byte (and
+    in digest, which identifies the runs that start from them)."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:

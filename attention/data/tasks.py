@@ -39,6 +39,8 @@ def resolve(data: DataConfig) -> DataConfig:
         raise AttentionError(f"unknown task '{data.task}'; use one of {', '.join(TASKS)}")
     if data.train_limit is not None and data.train_limit < 2:
         raise AttentionError(f"data.train_limit must be >= 2 or none, got {data.train_limit}")
+    if data.eval_limit is not None and data.eval_limit < 1:
+        raise AttentionError(f"data.eval_limit must be >= 1 or none, got {data.eval_limit}")
     if data.task == "mnist":
         if data.canvas_size not in (None, DIGIT_SIZE) or data.clutter_count not in (None, 0):
             raise AttentionError(
@@ -162,6 +164,7 @@ def fixed_set(mnist: Mnist, data: DataConfig, split: str) -> FixedSet:
     if split not in ("validation", "test"):
         raise AttentionError(f"fixed sets exist for 'validation' and 'test', not '{split}'")
     digits, labels = (torch.from_numpy(np.ascontiguousarray(a)) for a in mnist.split(split))
+    digits, labels = digits[: data.eval_limit], labels[: data.eval_limit]  # None keeps them all
     seed = data.validation_seed if split == "validation" else data.test_seed
     generator = torch.Generator().manual_seed(split_seed(data, split, seed))
     parts = [

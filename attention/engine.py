@@ -1,0 +1,372 @@
+"""The one engine under studies and searches: work items as Optuna trials in a shared storage.
+
+A study's row x seed x stage runs and a search's drawn trials are *work items*, each with a key. They are
+enqueued as WAITING trials (once: an item that is waiting, running, done, or failed with an error is not
+enqueued again), and worker processes on any machine claim them one at a time (WAITING -> RUNNING is atomic
+in the storage, so two workers never take the same trial). Nothing else decides what runs, so the same file
+scales from one process to many machines sharing a PostgreSQL server.
+
+Faults. A running trial writes a heartbeat (a user attribute, every ``heartbeat_s``) from a side thread. A
+worker that finds a RUNNING trial whose heartbeat is older than ``stale_after_s`` (its worker was killed)
+marks it FAIL as stale; the item is then enqueued again with the same configuration and seed, and the retry
+continues from the dead trial's last epoch checkpoint, because a run's directory is its configuration's
+identity. This works the same on every storage (Optuna's own heartbeat exists only on its RDB storages).
+Ctrl-C fails the running trial as interrupted, so the next start retries it from its checkpoint.
+
+Storage is a URL: a path or ``journal:PATH`` (Optuna's journal file, safe for several processes on one
+machine: the default, in the study's folder), or ``postgresql://...`` for many machines. Check-then-enqueue
+and check-then-reap sequences run under a lock: a file lock beside a journal, an advisory lock in
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from attention import AttentionError
+
+log = logging.getLogger(__name__)
+
+KEY = "item"
+"""User attribute of a trial: the key of the work item it runs."""
+HEARTBEAT = "heartbeat"
+ERROR = "error"
+"""User attribute of a trial that failed with an error (not retried)."""
+ENDED = "ended_because"
+"""User attribute of a trial failed by the engine: 'stale' or 'interrupted' (retried)."""
+# Advisory-lock key of the enqueue/reap section in PostgreSQL (any fixed 64-bit number).
+PG_LOCK_KEY = 0x61747465  # "atte"
+
+
+@dataclass(frozen=True)
+class Item:
+    """A unit of work: ``key`` names it; ``params`` are fixed Optuna parameters (a search's draw),
+    ``attrs`` more user attributes recorded on its trial."""
+
+    key: str
+    params: dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- storage
+
+
+def journal_path(url: str) -> Path | None:
+    """The journal file a storage URL names, or None for a database URL."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :])
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The storage of ``url`` (see the module docstring); refuses a URL it cannot open in one line."""
+    path = journal_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        # the open-lock (O_EXCL) also works on network file systems without symlink support
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+    if url.startswith("sqlite"):
+        raise AttentionError(
+            f"storage {url}: SQLite is not safe for several worker processes; use a journal file (the "
+            "default) on one machine or postgresql://... for many"
+        )
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # a driver missing, a server down: say which in one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AttentionError(
+            f"cannot open storage {url} ({first}); for PostgreSQL install the 'postgres' extra "
+            "(pip install -e '.[postgres]') and check the server and the URL"
+        ) from None
+
+
+@contextlib.contextmanager
+def storage_lock(url: str, storage: optuna.storages.BaseStorage) -> Iterator[None]:
+    """Exclusive section across every process using this storage (see the module docstring)."""
+    path = journal_path(url)
+    if path is not None:
+        with open(f"{path}.engine-lock", "a") as handle:  # not .lock: the journal backend uses that
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    from sqlalchemy import text
+
+    with storage.engine.connect() as connection:  # type: ignore[attr-defined]
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+            connection.commit()
+
+
+def open_study(
+    url: str, name: str, *, sampler_seed: int = 0, pruner: optuna.pruners.BasePruner | None = None
+) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    storage = open_storage(url)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="minimize",
+        load_if_exists=True,
+        sampler=optuna.samplers.RandomSampler(seed=sampler_seed),
+        pruner=pruner or optuna.pruners.NopPruner(),
+    )
+    return study, storage
+
+
+# ------------------------------------------------------------------------------------------- queue
+
+
+def _accounted(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial's item needs no new trial: waiting, running, done, or failed with an error."""
+    if trial.state == TrialState.FAIL:
+        return ERROR in trial.user_attrs
+    return True
+
+
+def enqueue(study: optuna.Study, items: list[Item], *, done: Callable[[Item], bool] | None = None) -> int:
+    """Enqueue each item that no trial accounts for and that is not already ``done``; call under
+    :func:`storage_lock`. Returns how many were enqueued."""
+    accounted = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False) if _accounted(t)}
+    count = 0
+    for item in items:
+        if item.key in accounted or (done is not None and done(item)):
+            continue
+        study.enqueue_trial(item.params, user_attrs={KEY: item.key, **item.attrs})
+        accounted.add(item.key)
+        count += 1
+    return count
+
+
+def reap_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, stale_after_s: float) -> list[int]:
+    """Fail the RUNNING trials whose heartbeat is older than ``stale_after_s``; call under the lock.
+    Returns their numbers (their items are enqueued again by the next :func:`enqueue`)."""
+    now = time.time()
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.user_attrs.get(HEARTBEAT)
+        if beat is None and trial.datetime_start is not None:
+            beat = trial.datetime_start.timestamp()
+        if beat is not None and now - beat > stale_after_s:
+            try:
+                storage.set_trial_user_attr(trial._trial_id, ENDED, "stale")
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # it finished after all
+            log.warning(
+                "trial %d (%s) went stale; it will be retried", trial.number, trial.user_attrs.get(KEY)
+            )
+            reaped.append(trial.number)
+    return reaped
+
+
+def claim(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
+    """Take one WAITING trial (atomically: another worker may take it first), or None if none waits."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+            storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
+            return optuna.Trial(study, trial._trial_id)
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every_s: float) -> Iterator[None]:
+    """Record that the trial is alive every ``every_s`` seconds while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # reaped meanwhile: its result will not count
+            except Exception:  # a storage hiccup must not kill the training thread
+                log.exception("heartbeat of trial %d failed", trial_id)
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# ------------------------------------------------------------------------------------------- workers
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs to rebuild its work from files (it is started with ``spawn``)."""
+
+    kind: str
+    """``study`` or ``search``: which module's ``execute`` runs a claimed trial."""
+    file: str
+    storage: str
+    runs_dir: str
+    data_dir: str | None
+    device: str
+    threads: int
+    smoke: bool = False
+    progress: bool = False
+    heartbeat_s: float = 30.0
+    stale_after_s: float = 300.0
+    poll_s: float = 5.0
+
+
+def _execute(spec: WorkerSpec) -> tuple[Callable[[optuna.Trial], float], Callable[[], None], Any]:
+    """The work of a ``spec``: (execute a claimed trial -> its value, enqueue what is pending, the study)."""
+    if spec.kind == "study":
+        from attention.study_run import work
+    elif spec.kind == "search":
+        from attention.search import work
+    else:  # pragma: no cover
+        raise AttentionError(f"unknown work kind '{spec.kind}'")
+    return work(spec)
+
+
+def worker(spec: WorkerSpec) -> int:
+    """Claim and run trials until none waits and none runs elsewhere; returns how many this worker ran.
+
+    Waiting for trials that run elsewhere lets a surviving worker reap and retry one whose worker died,
+    so the study still reaches its trial count."""
+    import torch
+
+    if spec.device == "cpu" or not spec.device.startswith("cuda"):
+        torch.set_num_threads(spec.threads)
+    execute, refill, (study, storage) = _execute(spec)
+    ran = 0
+    while True:
+        with storage_lock(spec.storage, storage):
+            reap_stale(study, storage, spec.stale_after_s)
+            refill()
+        trial = claim(study, storage)
+        if trial is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                return ran
+            time.sleep(spec.poll_s)
+            continue
+        run_trial(study, storage, trial, execute, spec.heartbeat_s)
+        ran += 1
+
+
+def run_trial(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    trial: optuna.Trial,
+    execute: Callable[[optuna.Trial], float],
+    heartbeat_s: float,
+) -> None:
+    """Run one claimed trial and record how it ended: its value, pruned, failed with an error (kept, not
+    retried) or interrupted (retried from its checkpoint by the next start)."""
+    key = trial.user_attrs.get(KEY)
+    try:
+        with heartbeat(storage, trial._trial_id, heartbeat_s):
+            value = execute(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        log.info("trial %d (%s) pruned", trial.number, key)
+        return
+    except KeyboardInterrupt:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial._trial_id, ENDED, "interrupted")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        raise
+    except AttentionError as error:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial._trial_id, ERROR, str(error))
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        log.error("trial %d (%s) failed: %s", trial.number, key, error)
+        return
+    try:
+        study.tell(trial, value)
+    except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as error:
+        # reaped as stale while it was in fact still running: its retry will find the finished run
+        log.warning("trial %d (%s) finished after it was failed as stale (%s)", trial.number, key, error)
+
+
+def default_workers(device: str) -> tuple[int, list[str], int]:
+    """(workers, their devices, threads each): one per visible GPU, each pinned to its device; on the CPU
+    one single-thread worker per core, which docs/performance.md measures to train more images per second
+    in all than fewer workers with more threads each."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        return count, [f"cuda:{i}" for i in range(count)], 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, ["cpu"] * cores, 1
+
+
+def start_workers(spec: WorkerSpec, workers: int | None) -> int:
+    """Run ``workers`` worker processes (default: :func:`default_workers`) and wait for them; a single
+    worker runs in this process. Returns the number of trials run here (0 when they ran in worker
+    processes). Ctrl-C stops every worker cleanly."""
+    count, devices, threads = default_workers(spec.device)
+    if workers is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        devices = [devices[i % len(devices)] for i in range(workers)]
+        threads = max(1, cores // workers) if devices[0] == "cpu" else 1
+        count = workers
+    specs = [_with(spec, device=devices[i], threads=threads) for i in range(count)]
+    if count == 1:
+        return worker(specs[0])
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    processes = [
+        context.Process(target=_worker_main, args=(s,), name=f"worker-{i}") for i, s in enumerate(specs)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        # the workers got the same SIGINT: give them time to fail their trials as interrupted
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        raise
+    failed = [p.name for p in processes if p.exitcode not in (0, None)]
+    if failed:
+        raise AttentionError(f"worker(s) {', '.join(failed)} ended with an error; see the log above")
+    return 0
+
+
+def _worker_main(spec: WorkerSpec) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(processName)s %(name)s: %(message)s")
+    try:
+        worker(spec)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except AttentionError as error:
+        print(f"error: {error}", flush=True)
+        raise SystemExit(2) from None
+
+
+def _with(spec: WorkerSpec, **changes: Any) -> WorkerSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
