@@ -1,4 +1,4 @@
-"""Command line: ``attention data | train | eval | report | bench``.
+"""Command line: ``attention data | train | eval | study | search | report | bench``.
 
 Every run is ``--config FILE`` (TOML) plus ``--set key=value`` overrides on the defaults; nothing else
 configures a run. User errors print one line and exit with status 2, without a traceback.
@@ -188,6 +188,68 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.figure}")
 
 
+def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "workers": args.workers,
+        "storage": args.storage,
+        "runs_dir": args.runs_dir,
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "smoke": args.smoke,
+        "progress": not args.no_progress,
+        "heartbeat_s": args.heartbeat_s,
+        "stale_after_s": args.stale_after_s,
+    }
+
+
+def cmd_study_run(args: argparse.Namespace) -> None:
+    from attention.study_run import run_study
+
+    summary = run_study(args.file, **_engine_options(args))
+    print(
+        f"study {args.file}: {summary['finished']} of {summary['units']} runs finished "
+        f"(storage {summary['storage']}, runs in {summary['runs_dir']})"
+    )
+
+
+def cmd_study_report(args: argparse.Namespace) -> None:
+    from attention.report.study_report import write_study_report
+
+    written = write_study_report(
+        Path(args.file),
+        runs_dir=Path(args.runs_dir),
+        out_dir=Path(args.out_dir) if args.out_dir else None,
+        into=Path(args.into) if args.into else None,
+        data_dir=args.data_dir,
+        device=args.device,
+    )
+    for path in written:
+        print(f"wrote {path}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    words = args.words
+    if words[0] == "report" and len(words) == 2:
+        from attention.search_report import write_search_report
+
+        written = write_search_report(
+            Path(words[1]),
+            storage=args.storage,
+            out_dir=Path(args.out_dir) if args.out_dir else None,
+            recipe_out=Path(args.recipe_out) if args.recipe_out else None,
+        )
+        for path in written:
+            print(f"wrote {path}")
+        return
+    if len(words) != 1:
+        raise AttentionError("use 'attention search FILE [options]' or 'attention search report FILE'")
+    from attention.search import run_search
+
+    summary = run_search(words[0], trials=args.trials, **_engine_options(args))
+    counts = ", ".join(f"{v} {k}" for k, v in summary.items() if k != "storage")
+    print(f"search {words[0]}: {counts} (storage {summary['storage']})")
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -282,6 +344,60 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("--out", required=True)
     curves.set_defaults(func=cmd_report_curves)
 
+    def engine(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workers",
+            type=_positive_int,
+            help="worker processes (default: one per visible GPU, else one single-thread worker per core)",
+        )
+        p.add_argument(
+            "--storage",
+            help="Optuna storage: a journal file path (default: results/studies/<name>/optuna.journal) "
+            "or postgresql://user@host/db to share the work between machines",
+        )
+        p.add_argument("--runs-dir", default="results/runs", help="parent of run directories")
+        p.add_argument(
+            "--smoke", action="store_true", help="a tiny version in a temporary folder, in seconds"
+        )
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--heartbeat-s", type=float, default=30.0, help="seconds between a trial's heartbeats")
+        p.add_argument(
+            "--stale-after-s",
+            type=float,
+            default=300.0,
+            help="fail and retry (from its checkpoint) a running trial silent this long",
+        )
+        data_dir(p)
+        device(p)
+
+    study = commands.add_parser("study", help="train and report a study (a question, as a TOML file)")
+    study_commands = study.add_subparsers(dest="study", required=True)
+    study_run = study_commands.add_parser("run", help="train every row x seed x stage that has no result yet")
+    study_run.add_argument("file")
+    engine(study_run)
+    study_run.set_defaults(func=cmd_study_run)
+    study_report = study_commands.add_parser(
+        "report", help="Markdown and CSV tables (seed means, intervals, McNemar tests) and figures"
+    )
+    study_report.add_argument("file")
+    study_report.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_report.add_argument("--out-dir", help="where to write (default: results/studies/<name>)")
+    study_report.add_argument("--into", help="also replace the study's section in this Markdown document")
+    data_dir(study_report)
+    device(study_report)
+    study_report.set_defaults(func=cmd_study_report)
+
+    search = commands.add_parser(
+        "search",
+        help="random search: run trials (FILE), or write the best recipe and figures (report FILE)",
+    )
+    search.add_argument("words", nargs="+", metavar="FILE | report FILE")
+    search.add_argument("--trials", type=_positive_int, help="cap on the trials (default: the file's count)")
+    search.add_argument("--out-dir", help="search report: where to write (default: results/studies/<name>)")
+    search.add_argument("--recipe-out", help="search report: write the best recipe here too")
+    engine(search)
+    search.set_defaults(func=cmd_search)
+
     bench = commands.add_parser("bench", help="training throughput and inference cost against image size")
     bench.add_argument("--json", help="also write the measurements to this JSON file")
     bench.add_argument("--figure", help="also save the log-log cost figure to this PNG")
@@ -307,13 +423,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
     try:
         args.func(args)
     except AttentionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; an unfinished run continues with --resume", file=sys.stderr)
+        print(
+            "interrupted; an unfinished run continues with --resume, a study or search by running the same "
+            "command again",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -231,6 +231,8 @@ class WorkerSpec:
     threads: int
     smoke: bool = False
     progress: bool = False
+    trials: int | None = None
+    """A search's cap on its trials, instead of the file's count."""
     heartbeat_s: float = 30.0
     stale_after_s: float = 300.0
     poll_s: float = 5.0
