@@ -193,7 +193,8 @@ def torch_cpu():
 
 
 def load_study(path: str | Path, *, smoke: bool = False) -> Study:
-    """Read and check a study file (see the module docstring); ``smoke`` shrinks every run (``SMOKE``)."""
+    """Read and check a study file (see the module docstring); ``smoke`` shrinks every run (``SMOKE``) and
+    keeps one seed per row."""
     path = Path(path)
     raw = read_toml_file(path)
     check_keys(path, "", raw, STUDY_KEYS)
@@ -237,6 +238,7 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
         if smoke:
             overrides.update(SMOKE)
             stages = [{k: v for k, v in s.items() if k not in SMOKE} for s in stages]
+        row_seeds = seeds_list(path, f"{where}.seeds", item["seeds"]) if "seeds" in item else seeds
         paper = item.get("paper")
         if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float))):
             raise AttentionError(f"{path}: '{where}.paper' is the paper's test error in %, a number")
@@ -248,7 +250,7 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
             overrides=overrides,
             stages=tuple(stages),
             stage_labels=tuple(stage_labels),
-            seeds=seeds_list(path, f"{where}.seeds", item["seeds"]) if "seeds" in item else seeds,
+            seeds=row_seeds[:1] if smoke else row_seeds,
             paper=None if paper is None else float(paper),
             paper_note=str(item.get("paper_note", "")),
             series=series,
