@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from attention.config import Config, with_overrides
-from attention.linear import onednn_enabled
+from attention.linear import ONEDNN, PYTORCH, forced_kernel, kernel_report, onednn_available
 from attention.losses import hybrid
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,11 @@ def pool_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("data_generation", "with_data_generation"):
         if key in rows[0]:
             pooled[key] = _summary([t for row in rows for t in row[key]["seconds"]], batch)
+    if "kernels" in rows[0]:
+        pooled["kernels"] = {
+            name: _summary([t for row in rows for t in row["kernels"][name]["seconds"]], batch)
+            for name in rows[0]["kernels"]
+        }
     return pooled
 
 
@@ -135,7 +140,25 @@ def compiled_label(case: TrainingCase) -> str:
 
 
 def training_throughput(
-    case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist=None, device: torch.device
+    case: TrainingCase,
+    *,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    mnist=None,
+    device: torch.device,
+    kernel: str | None = None,
+) -> dict[str, Any]:
+    """Images/s of one training step (and, with ``mnist``, of data generation and of both); ``kernel``
+    forces the linear layers' kernel (attention/linear.py) instead of the one measured at first use."""
+    with forced_kernel(kernel):
+        return _training_throughput(
+            case, batch=batch, warmup=warmup, repeats=repeats, mnist=mnist, device=device
+        )
+
+
+def _training_throughput(
+    case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist, device: torch.device
 ) -> dict[str, Any]:
     from attention.data.tasks import TrainingStream, resolve, to_float
     from attention.train import make_model, make_optimizer, training_unroll
@@ -229,14 +252,19 @@ def pool_cost_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """The machine and settings behind the timings. ``linear_kernel``: :func:`attention.linear.kernel_report`
+    (the kernel chosen for the linear layers, why, and the CPU model, vector extensions and oneDNN's ISA)."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "onednn_linear": onednn_enabled(),
+        "linear_kernel": kernel_report(),
         "gpu": torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None,
+        # other processes' load when the measurement ended (1, 5 and 15 minutes): on a shared machine it
+        # moves every timing
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         # settings that change the timings without changing the code
         "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
     }
@@ -252,13 +280,16 @@ def run(
     rounds: int | None = None,
     cases: str | None = None,
     scaling: bool = True,
+    kernels: bool = True,
 ) -> dict[str, Any]:
     """All measurements; ``quick`` shrinks repetitions and sizes to a smoke test of the command (one round);
     ``compiled`` adds every training case with ``train.compile`` (the retina's sensor or the soft reader's
     whole unroll compiled); each figure pools the timings of ``rounds`` interleaved rounds (default 3, or 1
     with ``quick``). ``cases`` keeps only the
     training cases whose name contains it; ``scaling=False`` skips the inference cost against image size
-    (both for a short lease of a GPU machine)."""
+    (both for a short lease of a GPU machine). With ``kernels``, on a CPU where oneDNN's operator exists,
+    each eager training case's step is also timed with the linear layers forced onto each kernel, in the
+    same rounds (``row["kernels"]``), beside the measured choice that training gets."""
     from attention import AttentionError
     from attention.data.mnist import load_mnist
 
@@ -281,22 +312,33 @@ def run(
         measured += [TrainingCase(case.name, {**case.overrides, **COMPILED}) for case in chosen]
     # Every case is measured once per round and the rounds are interleaved, so that slow spells of a shared
     # machine fall on all cases alike instead of on whichever case was running at the time.
+    side_by_side = kernels and device.type == "cpu" and onednn_available()
     training_rounds: list[list[dict[str, Any]]] = [[] for _ in measured]
     for round_ in range(rounds):
         for rows, case in zip(training_rounds, measured, strict=True):
             compiled_case = case.overrides.get("train.compile", False)
-            progress(f"round {round_ + 1}/{rounds} training: {case.name}{compiled_label(case)}")
-            # compiled cases get extra warm-up steps: the first calls compile
-            rows.append(
-                training_throughput(
+            # the measured choice (None) and, beside it, each kernel forced (training step only), in an order
+            # that rotates from round to round: the first measurement of a process runs cold
+            forced = [PYTORCH, ONEDNN] if side_by_side and not compiled_case else []
+            order = [None, *forced]
+            order = order[round_ % len(order) :] + order[: round_ % len(order)]
+            measurements = {}
+            for kernel in order:
+                on = f", linear kernel {kernel}" if kernel else ""
+                progress(f"round {round_ + 1}/{rounds} training: {case.name}{compiled_label(case)}{on}")
+                measurements[kernel] = training_throughput(
                     case,
                     batch=128,
-                    warmup=warmup + 3 * compiled_case,
+                    warmup=warmup + 3 * compiled_case,  # the first calls of a compiled case compile
                     repeats=repeats,
-                    mnist=mnist,
+                    mnist=mnist if kernel is None else None,
                     device=device,
+                    kernel=kernel,
                 )
-            )
+            row = measurements[None]
+            if forced:
+                row["kernels"] = {kernel: _summary(measurements[kernel]["seconds"], 128) for kernel in forced}
+            rows.append(row)
     training = [pool_rounds(rows) for rows in training_rounds]
     sizes = (SCALING_SIZES[:2] if quick else SCALING_SIZES) if scaling else ()
     points = [
@@ -332,10 +374,30 @@ def run(
     }
 
 
+def describe_kernel(report: dict[str, Any]) -> list[str]:
+    """Two lines on the linear layers' kernel and the CPU, from :func:`attention.linear.kernel_report`."""
+    cpu = report["cpu"]
+    generation = (
+        f" ({cpu['vendor']} family {cpu['family']} model {cpu['model']})" if cpu.get("family") else ""
+    )
+    vector = " ".join(cpu["vector_extensions"] or []) or "unknown"
+    kernel = report["kernel"] or "no product run"
+    return [
+        f"Linear layers: {kernel} kernel ({report['rule']}: {report['reason']})",
+        f"CPU: {cpu['model_name']}{generation}, {cpu['logical_cpus']} logical CPUs, {report['threads']}"
+        f" threads; PyTorch dispatch {cpu['torch_cpu_capability']}; oneDNN ISA {cpu['onednn_isa']};"
+        f" vector: {vector}",
+    ]
+
+
 def format_table(result: dict[str, Any]) -> str:
-    lines = ["Training throughput, batch 128 (images/s: median [min, max])", ""]
+    report = result.get("machine", {}).get("linear_kernel")
+    lines = [*describe_kernel(report), ""] if report else []
+    lines += ["Training throughput, batch 128 (images/s: median [min, max])", ""]
     for row in result["training"]:
         line = f"  {row['config']:<55} {row['images_per_s']:>8.0f} [{row['min']:.0f}, {row['max']:.0f}]"
+        for kernel, forced in row.get("kernels", {}).items():
+            line += f"   {kernel} {forced['images_per_s']:.0f} [{forced['min']:.0f}, {forced['max']:.0f}]"
         if "with_data_generation" in row:
             line += (
                 f"   with data generation {row['with_data_generation']['images_per_s']:.0f}"

@@ -1,46 +1,94 @@
-"""``Linear``: ``nn.Linear`` whose float32 products on the CPU run on oneDNN's kernels, forward and backward.
+"""``Linear``: ``nn.Linear`` whose float32 CPU products run on the faster of two kernels on this machine.
 
-Why: PyTorch sends a float32 CPU matmul to MKL, which on the project's AMD EPYC machines runs at about
-100 GFLOP/s a core for the (128 x 256) @ (256 x 256) products of RAM's layers (no faster than an AVX2 code
-path would), where oneDNN's kernels (also shipped inside PyTorch, used by its compiler for linear layers)
-reach about 200 (docs/performance.md). The layers' products are most of a RAM training step. The results
-equal PyTorch's up to float rounding (another order of summation); tests/test_linear.py checks values and
-gradients against ``torch.nn.functional.linear``.
+Why: PyTorch sends a float32 CPU product to MKL. oneDNN's kernels (shipped inside PyTorch, reached through
+the private operator ``torch.ops.mkldnn._linear_pointwise``) ran the (128 x 256) @ (256 x 256) products of
+RAM's layers about twice as fast on an AVX-512 AMD EPYC host, but about 1.3x slower on an AVX2-only host of
+the same machine type (docs/performance.md). So neither is always right, and the choice is measured here:
 
-Everything else (other devices and dtypes, inputs that are not 2-D or are empty, a PyTorch without the
-operator, or ``ATTENTION_ONEDNN_LINEAR=0`` in the environment) goes through ``torch.nn.functional.linear``
-unchanged. The parameters are those of ``nn.Linear``, so state dicts load either way. Not supported on the
-oneDNN path: second derivatives (refused), forward-mode AD, and CPU autocast (it stays float32).
+* The first time a product of a new shape runs in a process (rows rounded up to a power of two, input and
+  output features, bias, whether gradients are needed, thread count), both kernels run it a few times,
+  interleaved, on that call's own tensors: forward and, where gradients are needed, backward as training
+  runs them (about 10 ms per kernel, at least 3 timings each). oneDNN is kept for that shape only when its
+  median time is at least ``MARGIN`` below PyTorch's, paired call by call (:func:`prefer_other`); otherwise
+  PyTorch's kernel, the default, is kept. The choice is not measured again in that process.
+* ``ATTENTION_ONEDNN_LINEAR=0`` forces PyTorch's kernel and ``=1`` oneDNN's (read at import, or by
+  :func:`reset`). A forced choice is the way to make two processes round identically: the two kernels
+  sum in different orders, and two processes may measure differently when the two are close.
+* Where the private operator is missing or wrong (another PyTorch release or build), PyTorch's kernel is
+  used and :func:`kernel_report` says why.
+
+:func:`kernel_report` records the choice with the CPU (attention/cpu.py) for ``result.json`` and
+``attention bench``. The results equal PyTorch's up to float rounding; tests/test_linear.py checks values
+and gradients against ``torch.nn.functional.linear``. Other devices and dtypes, inputs that are not 2-D or
+are empty, and code being compiled by ``torch.compile`` go through ``torch.nn.functional.linear``. The
+parameters are those of ``nn.Linear``, so state dicts load either way. Not supported on the oneDNN path:
+second derivatives (refused), forward-mode AD, and CPU autocast (it stays float32).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-# Set ATTENTION_ONEDNN_LINEAR=0 to keep PyTorch's default kernels (for example to compare the two).
+log = logging.getLogger(__name__)
+
+# ATTENTION_ONEDNN_LINEAR=0 forces PyTorch's kernel, =1 oneDNN's; unset, the faster is measured.
 SWITCH = "ATTENTION_ONEDNN_LINEAR"
+PYTORCH, ONEDNN = "pytorch", "onednn"
+
+# oneDNN is kept for a shape only when its paired median time is at least this fraction below PyTorch's,
+# so that noise between two nearly equal kernels leaves the default in place.
+MARGIN = 0.05
+# Per shape: warm-up calls of each kernel (oneDNN builds its kernel on the first call of a shape), then
+# interleaved timings until each kernel has had MEASURE_SECONDS, with at least MIN_TIMINGS and at most
+# MAX_TIMINGS each.
+WARMUP_CALLS = 2
+MEASURE_SECONDS = 0.01
+MIN_TIMINGS, MAX_TIMINGS = 3, 25
 
 
-def _onednn_product():
-    """oneDNN's x @ w.T (+ b), or None where this PyTorch does not have it or it gives a wrong answer."""
-    if os.environ.get(SWITCH, "1") == "0" or not torch.backends.mkldnn.is_available():
-        return None
+def _find_onednn() -> tuple[Callable | None, str]:
+    """(oneDNN's x @ w.T (+ b), "available") or (None, why it cannot be used in this PyTorch)."""
+    if not torch.backends.mkldnn.is_available():
+        return None, f"torch {torch.__version__} is built without oneDNN"
     try:
-        op = torch.ops.mkldnn._linear_pointwise
-        probe = op(torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), "none", [], "")
-    except (AttributeError, RuntimeError):
-        return None
+        operator = torch.ops.mkldnn._linear_pointwise
+        probe = operator(torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), "none", [], "")
+    except (AttributeError, RuntimeError) as error:
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return (
+            None,
+            f"torch.ops.mkldnn._linear_pointwise is missing or fails in torch {torch.__version__}: {why}",
+        )
     if not torch.equal(probe, torch.full((2, 4), 4.0)):
+        return None, f"torch.ops.mkldnn._linear_pointwise gives a wrong product in torch {torch.__version__}"
+    return (lambda x, weight, bias=None: operator(x, weight, bias, "none", [], "")), "available"
+
+
+def _read_switch() -> str | None:
+    value = os.environ.get(SWITCH)
+    if value in (None, ""):
         return None
-    return lambda x, weight, bias=None: op(x, weight, bias, "none", [], "")
+    if value not in ("0", "1"):
+        log.warning("%s=%r is neither 0 nor 1: the linear kernel is measured", SWITCH, value)
+        return None
+    return PYTORCH if value == "0" else ONEDNN
 
 
-_PRODUCT = _onednn_product()
+_PRODUCT, _ONEDNN_STATUS = _find_onednn()
+_SWITCHED = _read_switch()
+_FORCED: str | None = None  # set by forced_kernel()
+_CHOICES: dict[tuple, dict[str, Any]] = {}
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -67,12 +115,109 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+def _pytorch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, weight, bias)
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return _OneDNNLinear.apply(x, weight, bias)
+
+
+# The kernels a product can run on, PyTorch's (the default) first; tests replace them with fakes.
+_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
+    PYTORCH: _pytorch_linear,
+    ONEDNN: _onednn_linear,
+}
+_clock = time.perf_counter  # replaced by a fake clock in tests: no test depends on real timing
+
+
+def prefer_other(default_seconds: list[float], other_seconds: list[float], *, margin: float = MARGIN) -> bool:
+    """Whether the other kernel is faster than the default: the median over paired timings (taken one
+    after the other, so a slow spell of the machine falls on both) of other / default is below 1 - margin."""
+    ratios = [other / default for default, other in zip(default_seconds, other_seconds, strict=True)]
+    return statistics.median(ratios) < 1 - margin
+
+
+def measure(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, needs_grad: bool
+) -> dict[str, list[float]]:
+    """Seconds per call of each kernel on these tensors (forward, plus backward when ``needs_grad``),
+    interleaved and alternating which goes first. The tensors are detached views: the caller's
+    autograd graph and gradients are untouched, and no random numbers are drawn."""
+    leaves = [t.detach() if t is not None else None for t in (x, weight, bias)]
+    originals = (x, weight, bias)
+    wrt = []
+    if needs_grad:
+        for leaf, original in zip(leaves, originals, strict=True):
+            if leaf is not None and original.requires_grad:
+                wrt.append(leaf.requires_grad_())
+
+    def call(kernel: Callable) -> None:
+        with torch.enable_grad() if wrt else torch.no_grad():
+            out = kernel(*leaves)
+            if wrt:
+                torch.autograd.grad(out, wrt, out.detach())  # any gradient of the output's shape will do
+
+    names = list(_KERNELS)
+    for name in names:
+        for _ in range(WARMUP_CALLS):
+            call(_KERNELS[name])
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    spent = 0.0
+    for timing in range(MAX_TIMINGS):
+        for name in names if timing % 2 == 0 else reversed(names):
+            start = _clock()
+            call(_KERNELS[name])
+            seconds[name].append(_clock() - start)
+            spent += seconds[name][-1]
+        if timing + 1 >= MIN_TIMINGS and spent >= MEASURE_SECONDS * len(names):
+            break
+    return seconds
+
+
+def _choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs_grad: bool) -> dict:
+    shape = {
+        "rows": x.shape[0],
+        "in_features": x.shape[1],
+        "out_features": weight.shape[0],
+        "bias": bias is not None,
+        "backward": needs_grad,
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        seconds = measure(x, weight, bias, needs_grad=needs_grad)
+    except RuntimeError as error:  # for example inference tensors that autograd may not save
+        log.warning("could not time the linear kernels on %s (%s): PyTorch's kernel", shape, error)
+        return {**shape, "kernel": PYTORCH, "measurement_failed": str(error).splitlines()[0]}
+    kernel = ONEDNN if prefer_other(seconds[PYTORCH], seconds[ONEDNN]) else PYTORCH
+    microseconds = {name: round(1e6 * statistics.median(times), 1) for name, times in seconds.items()}
+    log.debug("linear %s: median µs %s: %s", shape, microseconds, kernel)
+    return {**shape, "kernel": kernel, "median_us": microseconds, "timings": len(seconds[PYTORCH])}
+
+
+def _kernel_for(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
+    forced = _FORCED or _SWITCHED
+    if forced is not None:
+        return forced
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    rows = x.shape[0]
+    # rows rounded up to a power of two: a last, smaller batch does not measure again
+    key = (1 << (rows - 1).bit_length(), x.shape[1], weight.shape[0], bias is not None, needs_grad)
+    key += (torch.get_num_threads(),)
+    choice = _CHOICES.get(key)
+    if choice is None:
+        choice = _CHOICES[key] = _choose(x, weight, bias, needs_grad)
+    return choice["kernel"]
+
+
 # torch.compiler.is_compiling is PyTorch 2.3+; older versions have only the dynamo one
 _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.nn.functional.linear``, on oneDNN for 2-D float32 CPU tensors when available."""
+    """``torch.nn.functional.linear``; for 2-D float32 CPU tensors on the kernel chosen for their shape."""
     if (
         _PRODUCT is not None
         and x.dim() == 2
@@ -84,13 +229,82 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         # torch.compile cannot trace the private operator; its own compiler picks the kernels there
         and not _is_compiling()
     ):
-        return _OneDNNLinear.apply(x, weight, bias)
+        return _KERNELS[_kernel_for(x, weight, bias)](x, weight, bias)
     return F.linear(x, weight, bias)
 
 
-def onednn_enabled() -> bool:
-    """Whether float32 CPU products go to oneDNN in this process (recorded by ``attention bench``)."""
+def onednn_available() -> bool:
+    """Whether oneDNN's private operator works in this PyTorch (whether it is used: :func:`kernel_report`)."""
     return _PRODUCT is not None
+
+
+@contextlib.contextmanager
+def forced_kernel(kernel: str | None) -> Iterator[None]:
+    """Run every eligible product on ``kernel`` (``"pytorch"`` or ``"onednn"``) inside the block, whatever
+    the measurement or the switch say (``attention bench`` times the two side by side); None changes
+    nothing. Measured choices are kept for after the block."""
+    global _FORCED
+    if kernel not in (None, PYTORCH, ONEDNN):
+        raise ValueError(f"unknown linear kernel {kernel!r}: use {PYTORCH!r} or {ONEDNN!r}")
+    if kernel == ONEDNN and _PRODUCT is None:
+        raise ValueError(f"oneDNN's kernel is not available: {_ONEDNN_STATUS}")
+    previous, _FORCED = _FORCED, kernel
+    try:
+        yield
+    finally:
+        _FORCED = previous
+
+
+def reset() -> None:
+    """Forget the measured choices, look for oneDNN's operator again and re-read ``ATTENTION_ONEDNN_LINEAR``
+    (for tests, or after changing the environment or the thread count in a running process)."""
+    global _PRODUCT, _ONEDNN_STATUS, _SWITCHED
+    _PRODUCT, _ONEDNN_STATUS = _find_onednn()
+    _SWITCHED = _read_switch()
+    if _SWITCHED == ONEDNN and _PRODUCT is None:
+        log.warning(
+            "%s=1 but oneDNN's kernel is not available (%s): PyTorch's kernel", SWITCH, _ONEDNN_STATUS
+        )
+    _CHOICES.clear()
+
+
+def kernel_report() -> dict[str, Any]:
+    """Which kernel the linear layers use in this process and why, with the CPU; JSON-serialisable.
+
+    ``kernel``: ``"pytorch"``, ``"onednn"``, ``"mixed"`` (measured differently for different shapes; see
+    ``choices``) or None (measured, but no product has run yet). ``rule``: ``"unavailable"``,
+    ``"forced"`` (by the environment switch) or ``"measured"``. ``choices``: one entry per measured shape
+    with its median microseconds per call for each kernel."""
+    from attention.cpu import cpu_description
+
+    choices = [dict(choice) for choice in _CHOICES.values()]
+    if _PRODUCT is None:
+        kernel, rule = PYTORCH, "unavailable"
+        reason = f"oneDNN's private operator cannot be used ({_ONEDNN_STATUS}): PyTorch's kernel"
+    elif _SWITCHED is not None:
+        kernel, rule = _SWITCHED, "forced"
+        name = "PyTorch" if kernel == PYTORCH else "oneDNN"
+        reason = f"{SWITCH}={os.environ.get(SWITCH)} forces {name}'s kernel"
+    else:
+        rule = "measured"
+        used = sorted({choice["kernel"] for choice in choices})
+        kernel = None if not used else used[0] if len(used) == 1 else "mixed"
+        faster = sum(choice["kernel"] == ONEDNN for choice in choices)
+        reason = (
+            f"timed both kernels at the first product of each shape; oneDNN was at least {MARGIN:.0%} faster "
+            f"for {faster} of {len(choices)} shapes, PyTorch's kernel was kept for the others"
+        )
+    return {
+        "kernel": kernel,
+        "rule": rule,
+        "reason": reason,
+        "onednn": _ONEDNN_STATUS,
+        "switch": os.environ.get(SWITCH),
+        "choices": choices,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": cpu_description(),
+    }
 
 
 class Linear(nn.Linear):

@@ -136,9 +136,48 @@ def test_bench_measures_only_the_cases_asked_for_and_refuses_an_unknown_one(monk
             measured.append(case.overrides) or {"config": case.name, "batch": 1, **bench._summary([1.0], 1)}
         ),
     )
-    result = bench.run(quick=True, cases="soft attention", scaling=False, data_dir="/nonexistent")
+    result = bench.run(
+        quick=True, cases="soft attention", scaling=False, data_dir="/nonexistent", kernels=False
+    )
     assert [o.get("train.compile", False) for o in measured] == [False, True]
     assert all(o["model.reader.name"] == "filterbank" for o in measured)
     assert result["scaling"] == []
     with pytest.raises(AttentionError, match="no training case matches 'nothing'"):
-        bench.run(quick=True, cases="nothing", scaling=False, data_dir="/nonexistent")
+        bench.run(quick=True, cases="nothing", scaling=False, data_dir="/nonexistent", kernels=False)
+
+
+def test_bench_times_eager_cases_on_each_linear_kernel_beside_the_chosen_one(monkeypatch):
+    from attention.linear import ONEDNN, PYTORCH
+
+    monkeypatch.setattr(bench, "onednn_available", lambda: True)
+    calls = []
+    seconds = {None: 0.001, PYTORCH: 0.002, ONEDNN: 0.004}
+
+    def fake(case, *, kernel=None, **_kw):
+        calls.append((case.overrides.get("train.compile", False), kernel))
+        return {"config": case.name, "batch": 1, **bench._summary([seconds[kernel]], 1)}
+
+    monkeypatch.setattr(bench, "training_throughput", fake)
+    result = bench.run(quick=True, rounds=2, cases="soft attention", scaling=False, data_dir="/nonexistent")
+    # per round: the measured choice and both kernels forced, rotating which is first; then the compiled case
+    assert calls == [
+        (False, None), (False, PYTORCH), (False, ONEDNN), (True, None),
+        (False, PYTORCH), (False, ONEDNN), (False, None), (True, None),
+    ]  # fmt: skip
+    eager, compiled = result["training"]
+    assert (
+        eager["kernels"][PYTORCH]["images_per_s"] == 500 and eager["kernels"][ONEDNN]["images_per_s"] == 250
+    )
+    assert len(eager["kernels"][PYTORCH]["seconds"]) == 2 and "kernels" not in compiled
+    table = bench.format_table(result)
+    assert table.startswith("Linear layers: ") and "\nCPU: " in table  # from the kernel report
+    assert "1000 [1000, 1000]   pytorch 500 [500, 500]   onednn 250 [250, 250]" in table
+
+
+def test_training_throughput_runs_on_a_forced_kernel():
+    from attention.linear import PYTORCH
+
+    row = bench.training_throughput(
+        bench.TRAINING_CASES[0], batch=4, warmup=0, repeats=1, device=torch.device("cpu"), kernel=PYTORCH
+    )
+    assert row["images_per_s"] > 0

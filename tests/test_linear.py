@@ -1,11 +1,24 @@
-import os
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attention.linear import SWITCH, Linear, linear, onednn_enabled
+from attention import linear as kernels
+from attention.linear import ONEDNN, PYTORCH, SWITCH, Linear, forced_kernel, linear, onednn_available
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch has no usable oneDNN operator")
+ALL_KERNELS = [None, PYTORCH, pytest.param(ONEDNN, marks=needs_onednn)]  # None: measured
+
+
+@pytest.fixture(autouse=True)
+def fresh_choices(monkeypatch):
+    """Every test starts and ends with no measured choice and the environment's switch re-read."""
+    kernels.reset()
+    yield
+    monkeypatch.undo()
+    kernels.reset()
 
 
 def _grads(function, x, weight, bias, grad_out):
@@ -16,9 +29,10 @@ def _grads(function, x, weight, bias, grad_out):
     return out, x.grad, weight.grad, None if bias is None else bias.grad
 
 
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("transposed_input", [False, True])
-def test_linear_equals_pytorch_in_values_and_gradients(with_bias, transposed_input):
+def test_linear_equals_pytorch_in_values_and_gradients(kernel, with_bias, transposed_input):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(37, 64, generator=generator)
     if transposed_input:  # a non-contiguous input, as the backward pass makes
@@ -26,7 +40,8 @@ def test_linear_equals_pytorch_in_values_and_gradients(with_bias, transposed_inp
     weight = torch.randn(48, 64, generator=generator)
     bias = torch.randn(48, generator=generator) if with_bias else None
     grad_out = torch.randn(37, 48, generator=generator)
-    ours = _grads(linear, x, weight, bias, grad_out)
+    with forced_kernel(kernel):
+        ours = _grads(linear, x, weight, bias, grad_out)
     reference = _grads(F.linear, x, weight, bias, grad_out)
     for got, expected in zip(ours, reference, strict=True):
         if expected is None:
@@ -35,19 +50,23 @@ def test_linear_equals_pytorch_in_values_and_gradients(with_bias, transposed_inp
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_broadcast_gradient_is_accepted():
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+def test_broadcast_gradient_is_accepted(kernel):
     # the gradient of a sum arrives expanded (stride 0)
     x = torch.randn(5, 3, requires_grad=True)
     weight = torch.randn(4, 3, requires_grad=True)
-    linear(x, weight).sum().backward()
+    with forced_kernel(kernel):
+        linear(x, weight).sum().backward()
     torch.testing.assert_close(x.grad, weight.sum(dim=0).expand(5, 3))
     torch.testing.assert_close(weight.grad, x.detach().sum(dim=0).expand(4, 3))
 
 
-def test_frozen_weight_gets_no_gradient_and_input_does():
+@pytest.mark.parametrize("kernel", ALL_KERNELS)
+def test_frozen_weight_gets_no_gradient_and_input_does(kernel):
     x = torch.randn(5, 3, requires_grad=True)
     weight = torch.randn(4, 3)
-    linear(x, weight).sum().backward()
+    with forced_kernel(kernel):
+        linear(x, weight).sum().backward()
     assert weight.grad is None and x.grad is not None
 
 
@@ -71,27 +90,155 @@ def test_linear_module_shares_nn_linear_state_dict():
     assert isinstance(ours, nn.Linear)
 
 
-def test_onednn_is_used_where_pytorch_has_it_unless_switched_off():
-    # On the project's CPU builds the operator exists; the fallback is for other builds and devices.
-    expected = hasattr(torch.ops.mkldnn, "_linear_pointwise") and os.environ.get(SWITCH) != "0"
-    assert onednn_enabled() == expected
-
-
-def test_layers_take_the_onednn_path_where_enabled():
-    layer = Linear(3, 2)
-    out = layer(torch.randn(4, 3))
-    assert ("OneDNN" in type(out.grad_fn).__name__) == onednn_enabled()
-
-
 def test_empty_batch_gives_an_empty_product():
     out = linear(torch.zeros(0, 3), torch.randn(2, 3), torch.randn(2))
     assert out.shape == (0, 2)
 
 
-@pytest.mark.skipif(not onednn_enabled(), reason="second derivatives are refused only on the oneDNN path")
-def test_second_derivative_is_refused_not_silently_zero():
+@needs_onednn
+def test_second_derivative_is_refused_on_onednn_not_silently_zero():
     x = torch.randn(4, 3, requires_grad=True)
     weight = torch.randn(2, 3, requires_grad=True)
-    (grad_x,) = torch.autograd.grad(linear(x, weight).pow(2).sum(), x, create_graph=True)
+    with forced_kernel(ONEDNN):
+        (grad_x,) = torch.autograd.grad(linear(x, weight).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(grad_x.sum(), weight)
+
+
+class FakeClock:
+    """Time that passes only when a fake kernel says so: the kernel choice is tested without real timing."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def install_fake_kernels(monkeypatch, seconds: dict[str, float]) -> dict[str, int]:
+    """Both kernels compute PyTorch's product but take ``seconds[name]`` of fake time per call; returns
+    how often each was called."""
+    clock = FakeClock()
+    calls = {PYTORCH: 0, ONEDNN: 0}
+
+    def slow(name):
+        def kernel(x, weight, bias):
+            calls[name] += 1
+            clock.now += seconds[name]
+            return F.linear(x, weight, bias)
+
+        return kernel
+
+    monkeypatch.setattr(kernels, "_clock", clock)
+    monkeypatch.setattr(kernels, "_SWITCHED", None)  # measured, whatever the environment says
+    if kernels._PRODUCT is None:  # where the operator is missing, pretend it is there: only fakes run
+        monkeypatch.setattr(kernels, "_PRODUCT", F.linear)
+    for name in (PYTORCH, ONEDNN):
+        monkeypatch.setitem(kernels._KERNELS, name, slow(name))
+    return calls
+
+
+def test_rule_keeps_pytorchs_kernel_when_onednn_is_slower(monkeypatch):
+    install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 1.5})
+    layer = Linear(8, 4)
+    layer(torch.randn(16, 8)).sum().backward()
+    report = kernels.kernel_report()
+    assert report["kernel"] == PYTORCH and report["rule"] == "measured"
+    (choice,) = report["choices"]
+    assert choice["median_us"] == {PYTORCH: 1e6, ONEDNN: 1.5e6} and choice["backward"]
+
+
+def test_rule_takes_onednn_when_it_is_clearly_faster(monkeypatch):
+    install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 0.5})
+    Linear(8, 4)(torch.randn(16, 8))
+    assert kernels.kernel_report()["kernel"] == ONEDNN
+
+
+def test_rule_keeps_the_default_when_the_other_is_faster_only_within_the_margin(monkeypatch):
+    install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 1.0 - kernels.MARGIN / 2})
+    Linear(8, 4)(torch.randn(16, 8))
+    assert kernels.kernel_report()["kernel"] == PYTORCH
+
+
+def test_paired_rule_is_not_fooled_by_a_slow_spell_on_both_kernels():
+    # the third pair ran during a burst of load: both slow, the ratio still 0.5
+    assert kernels.prefer_other([1.0, 1.0, 10.0], [0.5, 0.5, 5.0])
+    assert not kernels.prefer_other([1.0, 1.0, 1.0], [0.5, 2.0, 2.0])
+
+
+def test_each_shape_is_measured_once_and_each_new_shape_again(monkeypatch):
+    calls = install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 0.5})
+    layer = Linear(8, 4)
+    layer(torch.randn(16, 8))
+    measuring = dict(calls)
+    assert measuring[PYTORCH] >= kernels.WARMUP_CALLS + kernels.MIN_TIMINGS
+    layer(torch.randn(16, 8))
+    layer(torch.randn(13, 8))  # a smaller last batch: rows round up to the same power of two
+    assert calls == {PYTORCH: measuring[PYTORCH], ONEDNN: measuring[ONEDNN] + 2}
+    with torch.no_grad():  # forward only: another measurement
+        layer(torch.randn(16, 8))
+    assert calls[PYTORCH] > measuring[PYTORCH] and len(kernels.kernel_report()["choices"]) == 2
+
+
+def test_mixed_choices_are_reported_as_mixed(monkeypatch):
+    seconds = {PYTORCH: 1.0, ONEDNN: 0.5}
+    install_fake_kernels(monkeypatch, seconds)
+    Linear(8, 4)(torch.randn(16, 8))
+    seconds[ONEDNN] = 2.0
+    Linear(8, 5)(torch.randn(16, 8))
+    report = kernels.kernel_report()
+    assert report["kernel"] == "mixed"
+    assert [choice["kernel"] for choice in report["choices"]] == [ONEDNN, PYTORCH]
+
+
+def test_measuring_leaves_the_callers_gradients_alone(monkeypatch):
+    install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 2.0})
+    x = torch.randn(6, 3, requires_grad=True)
+    weight = torch.randn(4, 3, requires_grad=True)
+    linear(x, weight).sum().backward()  # the first call measures both kernels, forward and backward
+    torch.testing.assert_close(weight.grad, x.detach().sum(dim=0).expand(4, 3))
+    torch.testing.assert_close(x.grad, weight.detach().sum(dim=0).expand(6, 3))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("0", PYTORCH), pytest.param("1", ONEDNN, marks=needs_onednn)]
+)
+def test_switch_forces_a_kernel_without_measuring(monkeypatch, value, expected):
+    monkeypatch.setenv(SWITCH, value)
+    kernels.reset()
+    monkeypatch.setattr(kernels, "measure", lambda *a, **k: pytest.fail("a forced kernel is not measured"))
+    out = Linear(3, 2)(torch.randn(4, 3))
+    assert ("OneDNN" in type(out.grad_fn).__name__) == (expected == ONEDNN)
+    report = kernels.kernel_report()
+    assert report["kernel"] == expected and report["rule"] == "forced" and SWITCH in report["reason"]
+
+
+def test_missing_private_operator_falls_back_to_pytorch_and_says_why(monkeypatch):
+    monkeypatch.setattr(torch.ops, "mkldnn", object())  # a PyTorch release without the operator
+    monkeypatch.setenv(SWITCH, "1")  # even when asked for
+    kernels.reset()
+    assert not onednn_available()
+    x, weight = torch.randn(4, 3, requires_grad=True), torch.randn(2, 3)
+    out = linear(x, weight)
+    torch.testing.assert_close(out, F.linear(x, weight))
+    assert "OneDNN" not in type(out.grad_fn).__name__
+    report = kernels.kernel_report()
+    assert report["kernel"] == PYTORCH and report["rule"] == "unavailable"
+    assert "_linear_pointwise" in report["onednn"] and "_linear_pointwise" in report["reason"]
+    with pytest.raises(ValueError, match="not available"):
+        with forced_kernel(ONEDNN):
+            pass
+
+
+def test_kernel_report_is_json_and_names_the_cpu():
+    Linear(3, 2)(torch.randn(4, 3))  # measured on the real kernels: only the report's form is checked
+    report = json.loads(json.dumps(kernels.kernel_report()))
+    assert report["kernel"] in (PYTORCH, ONEDNN) and report["threads"] >= 1
+    assert {"model_name", "vector_extensions", "torch_cpu_capability", "onednn_isa"} <= set(report["cpu"])
+    assert report["choices"][0]["in_features"] == 3
+
+
+def test_forced_kernel_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match="unknown linear kernel"):
+        with forced_kernel("blas"):
+            pass
