@@ -214,6 +214,18 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every_s: floa
         thread.join()
 
 
+class Abandoned(Exception):
+    """The trial was failed as stale while its worker still ran it (its retry owns the run now)."""
+
+
+def check_still_running(trial: optuna.Trial) -> None:
+    """Raise :class:`Abandoned` if ``trial`` is no longer RUNNING in the storage; called after each epoch,
+    so a worker that was wrongly thought dead stops writing to a run directory its retry now owns."""
+    state = trial.study._storage.get_trial(trial._trial_id).state
+    if state != TrialState.RUNNING:
+        raise Abandoned(f"trial {trial.number} is {state.name} in the storage")
+
+
 # ------------------------------------------------------------------------------------------- workers
 
 
@@ -291,6 +303,9 @@ def run_trial(
         study.tell(trial, state=TrialState.PRUNED)
         log.info("trial %d (%s) pruned", trial.number, key)
         return
+    except Abandoned as why:
+        log.warning("trial %d (%s) abandoned: %s", trial.number, key, why)
+        return
     except KeyboardInterrupt:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             storage.set_trial_user_attr(trial._trial_id, ENDED, "interrupted")
@@ -359,6 +374,7 @@ def start_workers(spec: WorkerSpec, workers: int | None) -> int:
 
 def _worker_main(spec: WorkerSpec) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(processName)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         worker(spec)
     except KeyboardInterrupt:

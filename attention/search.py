@@ -21,7 +21,16 @@ import optuna
 
 from attention import AttentionError
 from attention.config import Config, with_overrides
-from attention.engine import KEY, Item, WorkerSpec, enqueue, open_study, start_workers, storage_lock
+from attention.engine import (
+    KEY,
+    Item,
+    WorkerSpec,
+    check_still_running,
+    enqueue,
+    open_study,
+    start_workers,
+    storage_lock,
+)
 from attention.study import check_keys, overrides_table, read_toml_file, recipe_overrides
 
 log = logging.getLogger(__name__)
@@ -151,7 +160,12 @@ def _space_items(space: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def draws(search: Search) -> list[dict[str, Any]]:
     """The search's trials, drawn up front by ``RandomSampler(seed)``: the same list on every machine."""
-    scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=search.seed))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a scratch study is not news
+    try:
+        scratch = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=search.seed))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     drawn = []
     for _ in range(search.trials):
         trial = scratch.ask(search.space)
@@ -196,6 +210,7 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
         log.warning("trial %d (%s): %s -> %s", trial.number, trial.user_attrs.get(KEY), params, run_dir)
 
         def report(row: dict[str, Any]) -> None:
+            check_still_running(trial)
             trial.report(row["val_error_pct"], row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")

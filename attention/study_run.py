@@ -15,7 +15,16 @@ from typing import Any
 import optuna
 
 from attention import AttentionError
-from attention.engine import KEY, Item, WorkerSpec, enqueue, open_study, start_workers, storage_lock
+from attention.engine import (
+    KEY,
+    Item,
+    WorkerSpec,
+    check_still_running,
+    enqueue,
+    open_study,
+    start_workers,
+    storage_lock,
+)
 from attention.runs import RESULT
 from attention.study import Study, Unit, load_study, study_folder, unit_config, unit_run
 
@@ -71,6 +80,7 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
             device=spec.device,
             resume=True,
             progress=spec.progress,
+            on_epoch=lambda row: check_still_running(trial),
         )
         return float(result["validation_error_pct"])
 

@@ -286,6 +286,36 @@ def plot_curves(ax: Axes, curves: list[tuple[str, list[dict]]], metric: str) -> 
     return ax
 
 
+def plot_error_against_glimpses(ax: Axes, series: dict[str, list[dict]]) -> Axes:
+    """One line per series: our seed means (with their 95% intervals where there are several seeds)
+    against the number of glimpses, and the paper's numbers as open markers."""
+    for index, (name, points) in enumerate(sorted(series.items())):
+        color = f"C{index}"
+        ours = sorted((p for p in points if "mean" in p), key=lambda p: p["glimpses"])
+        if ours:
+            x = [p["glimpses"] for p in ours]
+            y = [p["mean"] for p in ours]
+            below = [p["mean"] - p["low"] if p.get("low") is not None else 0.0 for p in ours]
+            above = [p["high"] - p["mean"] if p.get("high") is not None else 0.0 for p in ours]
+            ax.errorbar(x, y, yerr=[below, above], color=color, marker="o", capsize=3, label=f"{name} (ours)")
+        paper = sorted((p for p in points if p.get("paper") is not None), key=lambda p: p["glimpses"])
+        if paper:
+            ax.plot(
+                [p["glimpses"] for p in paper],
+                [p["paper"] for p in paper],
+                linestyle="none",
+                marker="s",
+                markerfacecolor="none",
+                color=color,
+                label=f"{name} (paper)",
+            )
+    ax.set_xlabel("glimpses")
+    ax.set_ylabel("test error (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
+
+
 def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path:
     """Draw with ``draw(ax)`` on a fresh figure and save it as a PNG."""
     fig, ax = plt.subplots(figsize=size)
@@ -295,6 +325,19 @@ def save_figure(draw, out: Path, size: tuple[float, float] = (6.0, 4.0)) -> Path
         plt.close(fig)
         raise
     return _save(fig, Path(out), dpi=110)
+
+
+def save_optuna_figure(name: str, study, out: Path) -> Path:
+    """Save one of ``optuna.visualization.matplotlib``'s plots of ``study`` (e.g. ``plot_slice``) as a PNG."""
+    import warnings
+
+    import optuna.visualization.matplotlib as optuna_plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # these plots are marked experimental
+        drawn = getattr(optuna_plots, name)(study)
+        axes = drawn if hasattr(drawn, "figure") else drawn.flat[0]
+        return _save(axes.figure, Path(out), dpi=110)
 
 
 def _save(fig, out: Path, dpi: int = 100) -> Path:

@@ -1,0 +1,107 @@
+"""The study protocol's evaluation: a model's test error over several evaluation draws, cached per run.
+
+One evaluation pass is itself a sample: a retina's first glimpse is random, so even the error with the
+policy's mean locations depends on the evaluation's random draws. A study evaluates each model ``draws``
+times, draw k with a generator seeded ``test_seed + SAMPLING_SEED_OFFSET + k`` (draw 0 is the pass of
+``result.json``'s ``test_error_pct``), and reports the mean and spread of the draws' errors. Separately, and
+labelled so, it reports the error of the predictions averaged over the draws (the mean of the softmax
+outputs, as tfRAM's M = 10 Monte Carlo samples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attention.evaluate import SAMPLING_SEED_OFFSET, load_trained
+from attention.runs import read_json, write_json
+
+CACHE_VERSION = 1
+
+
+@torch.no_grad()
+def evaluate_draws(
+    model: torch.nn.Module, dataset, *, draws: int, seed: int, batch_size: int, device: torch.device
+) -> dict[str, Any]:
+    """Errors (%) of ``draws`` passes with mean locations, the error of their averaged predictions, and
+    which images draw 0 classified correctly (for paired tests)."""
+    model.eval()
+    errors, probabilities, first_correct = [], None, None
+    for draw in range(draws):
+        generator = torch.Generator(device=device).manual_seed(seed + draw)
+        outputs, correct = [], []
+        for images, labels in dataset.batches(batch_size, device):
+            logits = model.unroll(images, sample=False, generator=generator).logits
+            outputs.append(torch.softmax(logits, dim=1).cpu())
+            correct.append((logits.argmax(dim=1) == labels).cpu())
+        correct = torch.cat(correct)
+        errors.append(100.0 * int((~correct).sum()) / len(correct))
+        draw_probabilities = torch.cat(outputs)
+        probabilities = draw_probabilities if probabilities is None else probabilities + draw_probabilities
+        if first_correct is None:
+            first_correct = correct
+    averaged = 100.0 * int((probabilities.argmax(dim=1) != dataset.labels).sum()) / len(dataset.labels)
+    return {"errors_pct": errors, "averaged_error_pct": averaged, "first_correct": first_correct.numpy()}
+
+
+def _pack(bits: np.ndarray) -> str:
+    return np.packbits(bits.astype(np.uint8)).tobytes().hex()
+
+
+def unpack(text: str, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:count].astype(bool)
+
+
+def run_evaluation(
+    run_dir: Path,
+    *,
+    test_seed: int | None,
+    draws: int,
+    cache_dir: Path,
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The protocol's numbers for one run on one test set (``test_seed`` None: the run's own), from the
+    cache in ``cache_dir`` when present, else measured from the run's weights and cached."""
+    from attention.data.mnist import load_mnist
+    from attention.data.tasks import fixed_set
+    from attention.runs import load_run_config
+    from attention.train import pick_device
+
+    config = load_run_config(run_dir)
+    data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
+    key = f"test seed {data.test_seed}, {draws} draws"
+    cache = cache_dir / f"{Path(run_dir).name}.json"
+    stored = read_json(cache) if cache.is_file() else {}
+    if stored.get("version") == CACHE_VERSION and key in stored.get("evaluations", {}):
+        return stored["evaluations"][key]
+    device_ = pick_device(device)
+    model, config = load_trained(run_dir, device_)
+    test = fixed_set(load_mnist(data_dir), data, "test")
+    measured = evaluate_draws(
+        model,
+        test,
+        draws=draws,
+        seed=data.test_seed + SAMPLING_SEED_OFFSET,
+        batch_size=config.train.eval_batch_size,
+        device=device_,
+    )
+    entry = {
+        "test_seed": data.test_seed,
+        "n_test": len(test.labels),
+        "draws": draws,
+        "errors_pct": measured["errors_pct"],
+        "mean_error_pct": float(np.mean(measured["errors_pct"])),
+        "draw_sd_pct": float(np.std(measured["errors_pct"], ddof=1)) if draws > 1 else 0.0,
+        "averaged_error_pct": measured["averaged_error_pct"],
+        "first_draw_correct": _pack(measured["first_correct"]),
+    }
+    stored = {"version": CACHE_VERSION, "run": str(run_dir), "evaluations": stored.get("evaluations", {})}
+    stored["evaluations"][key] = entry
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cache, stored)
+    return entry

@@ -1,0 +1,70 @@
+"""Statistics of study tables: seed means with t intervals, and McNemar's exact test on paired errors."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean over seeds of one row's numbers, with the sample standard deviation and the 95% t interval
+    of the mean (None with a single seed: one seed says nothing about the spread)."""
+
+    n: int
+    mean: float
+    sd: float | None
+    low: float | None
+    high: float | None
+
+
+def seed_summary(values: Sequence[float]) -> SeedSummary:
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("no values to summarise")
+    n, mean = len(values), float(np.mean(values))
+    if n == 1:
+        return SeedSummary(1, mean, None, None, None)
+    sd = float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
+    return SeedSummary(n, mean, sd, mean - half, mean + half)
+
+
+def where_paper_falls(paper: float, summary: SeedSummary) -> str:
+    """Where the paper's number lies against ours: 'ours lower', 'ours higher' or 'within our interval'
+    (with one seed, only lower or higher than our number)."""
+    if summary.low is not None and summary.low <= paper <= summary.high:
+        return "within our 95% interval"
+    if summary.mean < paper:
+        return f"ours {paper - summary.mean:.2f} lower"
+    if summary.mean > paper:
+        return f"ours {summary.mean - paper:.2f} higher (worse)"
+    return "equal"
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Exact McNemar test of two classifiers on the same images: ``only_a`` images only A gets right,
+    ``only_b`` only B; the p-value is the two-sided binomial test of ``only_a`` out of the discordant pairs
+    against 1/2."""
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
+    a_correct, b_correct = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    if a_correct.shape != b_correct.shape:
+        raise ValueError("McNemar's test needs both models' results on the same images")
+    only_a = int(np.sum(a_correct & ~b_correct))
+    only_b = int(np.sum(~a_correct & b_correct))
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else float(stats.binomtest(only_a, discordant, 0.5).pvalue)
+    return McNemar(only_a, only_b, p)

@@ -1,0 +1,339 @@
+"""``attention study report``: a study's tables (Markdown and CSV), paired tests and figures, from its runs.
+
+Each row's number is the mean over its seeds of one recipe (the last stage of each seed's chain), each
+seed's number itself the mean over the evaluation draws of the study's protocol
+(:mod:`attention.report.evaluation`), with the spread over seeds, a 95% t interval, the paper's number and
+where it falls. Rows without finished runs say so. Declared pairs of rows get McNemar's exact test on the
+same test images. Nothing here trains; everything is read from run directories and the evaluation cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attention import AttentionError
+from attention.report.evaluation import run_evaluation, unpack
+from attention.report.stats import mcnemar_exact, seed_summary, where_paper_falls
+from attention.runs import RESULT, read_json, read_metrics
+from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    run_dirs: list[Path]
+    """The run of every stage, first to last; the last holds the row's model."""
+    results: list[dict[str, Any]]
+    main: dict[str, Any]
+    """The evaluation on the fixed test set."""
+    independent: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RowResult:
+    row: Row
+    seeds: list[SeedResult]
+    missing: list[int]
+
+
+def collect(study: Study, runs_dir: Path, *, cache_dir: Path, data_dir=None, device=None) -> list[RowResult]:
+    """Every row's finished seeds, evaluated under the study's protocol (cached)."""
+    rows = []
+    for row in study.rows:
+        found, missing = [], []
+        for seed in row.seeds:
+            run_dirs = [unit_run(Unit(row, seed, stage), runs_dir) for stage in range(len(row.stages))]
+            if any(run is None or not (run / RESULT).is_file() for run in run_dirs):
+                missing.append(seed)
+                continue
+            evaluate = {"draws": study.evaluation.draws, "cache_dir": cache_dir}
+            last = run_dirs[-1]
+            main = run_evaluation(last, test_seed=None, data_dir=data_dir, device=device, **evaluate)
+            independent = {
+                s: run_evaluation(last, test_seed=s, data_dir=data_dir, device=device, **evaluate)
+                for s in study.evaluation.independent_test_seeds
+            }
+            results = [read_json(run / RESULT) for run in run_dirs]
+            found.append(SeedResult(seed, run_dirs, results, main, independent))
+        rows.append(RowResult(row, found, missing))
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def epochs_text(seed: SeedResult) -> str:
+    """Epochs of each stage ('300 + 60'), with 'of N' where a stopping rule cut a stage short."""
+    parts = []
+    for result in seed.results:
+        run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
+        parts.append(str(run) if run >= budget else f"{run} of {budget}")
+    return " + ".join(parts)
+
+
+def minutes(seed: SeedResult) -> float:
+    return sum(r["train_seconds"] for r in seed.results) / 60
+
+
+def devices(seeds: list[SeedResult]) -> str:
+    found = sorted({r.get("device", "cpu") for s in seeds for r in s.results})
+    return "" if found == ["cpu"] else f" ({', '.join(found)})"
+
+
+def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str, str]:
+    """One table row as named cells (the same for Markdown and CSV)."""
+    row, seeds = result.row, result.seeds
+    cells = {"row": row.label}
+    if not seeds:
+        cells["test error %"] = "not run" + (f" (seeds {', '.join(map(str, result.missing))})")
+        cells["paper %"] = _pct(row.paper)
+        return cells
+    summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
+    spread = f" ± {summary.sd:.2f}" if summary.sd is not None else ""
+    cells["test error %"] = f"{summary.mean:.2f}{spread}"
+    cells["95% interval"] = "" if summary.low is None else f"[{summary.low:.2f}, {summary.high:.2f}]"
+    cells["seeds"] = ", ".join(f"{s.main['mean_error_pct']:.2f} (s{s.seed})" for s in seeds) + (
+        f"; not run: {', '.join(map(str, result.missing))}" if result.missing else ""
+    )
+    cells["draw sd"] = f"{np.mean([s.main['draw_sd_pct'] for s in seeds]):.2f}"
+    cells["averaged over draws %"] = f"{np.mean([s.main['averaged_error_pct'] for s in seeds]):.2f}"
+    for test_seed in independent_seeds:
+        values = [s.independent[test_seed]["mean_error_pct"] for s in seeds]
+        cells[f"test seed {test_seed} %"] = f"{np.mean(values):.2f}"
+    cells["paper %"] = _pct(row.paper) + (f" ({row.paper_note})" if row.paper_note else "")
+    cells["paper vs ours"] = "" if row.paper is None else where_paper_falls(row.paper, summary)
+    cells["epochs"] = ", ".join(sorted({epochs_text(s) for s in seeds}))
+    cells["train time"] = f"{np.mean([minutes(s) for s in seeds]):.1f} min{devices(seeds)}"
+    return cells
+
+
+def columns(independent_seeds: tuple[int, ...]) -> list[str]:
+    return [
+        "row",
+        "test error %",
+        "95% interval",
+        "seeds",
+        "draw sd",
+        "averaged over draws %",
+        *[f"test seed {s} %" for s in independent_seeds],
+        "paper %",
+        "paper vs ours",
+        "epochs",
+        "train time",
+    ]
+
+
+def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
+    """McNemar's exact test for each declared pair, on the fixed test set's first draw, for every seed both
+    rows have, and pooled over those seeds."""
+    by_label = {r.row.label: r for r in rows}
+    out = []
+    for a_label, b_label, why in study.compare:
+        a, b = by_label[a_label], by_label[b_label]
+        a_seeds, b_seeds = {s.seed: s for s in a.seeds}, {s.seed: s for s in b.seeds}
+        common = sorted(set(a_seeds) & set(b_seeds))
+        cells = {"A": a_label, "B": b_label, "why": why}
+        if not common:
+            cells["result"] = "no seed finished in both rows"
+            out.append(cells)
+            continue
+        tests, a_bits, b_bits = [], [], []
+        for seed in common:
+            n = a_seeds[seed].main["n_test"]
+            if b_seeds[seed].main["n_test"] != n:
+                raise AttentionError(f"rows '{a_label}' and '{b_label}' were tested on different test sets")
+            a_ok = unpack(a_seeds[seed].main["first_draw_correct"], n)
+            b_ok = unpack(b_seeds[seed].main["first_draw_correct"], n)
+            tests.append((seed, mcnemar_exact(a_ok, b_ok)))
+            a_bits.append(a_ok)
+            b_bits.append(b_ok)
+        pooled = mcnemar_exact(np.concatenate(a_bits), np.concatenate(b_bits))
+        cells["result"] = "; ".join(
+            f"seed {seed}: only A right {t.only_a}, only B right {t.only_b}, p = {t.p_value:.3g}"
+            for seed, t in tests
+        )
+        cells["pooled"] = (
+            f"only A right {pooled.only_a}, only B right {pooled.only_b}, p = {pooled.p_value:.3g}"
+        )
+        out.append(cells)
+    return out
+
+
+def markdown(
+    study: Study, rows: list[RowResult], pairs: list[dict[str, str]], figures: dict[str, Path], base: Path
+) -> str:
+    cols = columns(study.evaluation.independent_test_seeds)
+    draws = study.evaluation.draws
+    lines = [f"## {study.title}", ""]
+    if study.source:
+        lines += [f"Source: {study.source}. Study file: `{study.path}`.", ""]
+    lines += [
+        f"Test error in %: for each seed the mean over {draws} evaluation draws with the policy's mean "
+        "locations on the fixed test set (`data.test_seed`), then the mean ± sd over seeds and its 95% t "
+        'interval. "draw sd": the spread over draws (mean over seeds). "averaged over draws": the error of '
+        f"the predictions averaged over the {draws} draws, a different estimator. Weights: best validation "
+        "epoch of the last stage.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "| " + " | ".join("---" for _ in cols) + " |",
+    ]
+    for result in rows:
+        cells = row_cells(result, study.evaluation.independent_test_seeds)
+        lines.append("| " + " | ".join(cells.get(c, "").replace("|", "/") for c in cols) + " |")
+    if pairs:
+        lines += [
+            "",
+            "McNemar's exact test on the same test images (first evaluation draw), per seed and pooled:",
+            "",
+            "| A | B | per seed | pooled | why |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for cells in pairs:
+            values = [cells["A"], cells["B"], cells["result"], cells.get("pooled", ""), cells["why"]]
+            lines.append("| " + " | ".join(values) + " |")
+    for name, path in figures.items():
+        lines += ["", f"![{name}]({os.path.relpath(path, base)})"]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(study: Study, rows: list[RowResult]) -> str:
+    """The table as numbers, one line per row: what a script would read."""
+    independent = study.evaluation.independent_test_seeds
+    fields = ["row", "seeds_run", "seeds_missing", "mean_pct", "sd_pct", "ci95_low_pct", "ci95_high_pct"]
+    fields += ["per_seed_pct", "draw_sd_pct", "averaged_over_draws_pct"]
+    fields += [f"test_seed_{s}_pct" for s in independent]
+    fields += ["paper_pct", "epochs", "train_minutes", "devices"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for result in rows:
+        seeds = result.seeds
+        line: dict[str, Any] = {
+            "row": result.row.label,
+            "seeds_run": " ".join(str(s.seed) for s in seeds),
+            "seeds_missing": " ".join(map(str, result.missing)),
+            "paper_pct": result.row.paper,
+        }
+        if seeds:
+            summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
+            line.update(
+                mean_pct=summary.mean,
+                sd_pct=summary.sd,
+                ci95_low_pct=summary.low,
+                ci95_high_pct=summary.high,
+                per_seed_pct=" ".join(f"{s.main['mean_error_pct']:.4f}" for s in seeds),
+                draw_sd_pct=float(np.mean([s.main["draw_sd_pct"] for s in seeds])),
+                averaged_over_draws_pct=float(np.mean([s.main["averaged_error_pct"] for s in seeds])),
+                epochs=" / ".join(epochs_text(s) for s in seeds),
+                train_minutes=float(np.mean([minutes(s) for s in seeds])),
+                devices=" ".join(sorted({r.get("device", "cpu") for s in seeds for r in s.results})),
+            )
+            for test_seed in independent:
+                values = [s.independent[test_seed]["mean_error_pct"] for s in seeds]
+                line[f"test_seed_{test_seed}_pct"] = float(np.mean(values))
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def draw_figures(study: Study, rows: list[RowResult], out_dir: Path) -> dict[str, Path]:
+    """Validation curves (first finished seed of each row, stages end to end) and, where rows form a
+    ``series``, error against the number of glimpses with the paper's points."""
+    from attention.report.figures import plot_curves, plot_error_against_glimpses, save_figure
+
+    figures: dict[str, Path] = {}
+    curves = []
+    for result in rows:
+        if result.seeds:
+            metrics, offset = [], 0
+            for run_dir in result.seeds[0].run_dirs:
+                stage = read_metrics(run_dir)
+                metrics += [{**m, "epoch": m["epoch"] + offset} for m in stage]
+                offset += len(stage)
+            curves.append((result.row.label, metrics))
+    if curves:
+        path = out_dir / "curves.png"
+        save_figure(lambda ax: plot_curves(ax, curves, "val_error_pct"), path, size=(8.0, 5.0))
+        figures["validation error per epoch"] = path
+    series = _series_points(rows)
+    if series:
+        path = out_dir / "glimpses.png"
+        save_figure(lambda ax: plot_error_against_glimpses(ax, series), path, size=(6.0, 4.0))
+        figures["test error against the number of glimpses"] = path
+    return figures
+
+
+def _series_points(rows: list[RowResult]) -> dict[str, list[dict[str, Any]]]:
+    from attention.study import stage_config
+
+    series: dict[str, list[dict[str, Any]]] = {}
+    for result in rows:
+        row = result.row
+        if row.series is None:
+            continue
+        glimpses = stage_config(row, row.seeds[0], len(row.stages) - 1, init_from=None).model.num_glimpses
+        point: dict[str, Any] = {"glimpses": glimpses, "paper": row.paper}
+        if result.seeds:
+            summary = seed_summary([s.main["mean_error_pct"] for s in result.seeds])
+            point.update(mean=summary.mean, low=summary.low, high=summary.high)
+        series.setdefault(row.series, []).append(point)
+    return series
+
+
+def write_study_report(
+    study_file: Path,
+    *,
+    runs_dir: Path = Path("results/runs"),
+    out_dir: Path | None = None,
+    into: Path | None = None,
+    data_dir=None,
+    device=None,
+) -> list[Path]:
+    """Write ``report.md``, ``report.csv`` and the figures to ``out_dir`` (default: the study's folder), and
+    with ``into`` replace the study's section of that Markdown document. Returns the files written."""
+    from attention.runs import atomic_write_bytes
+
+    study = load_study(study_file)
+    out_dir = out_dir or study_folder(study.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = collect(study, Path(runs_dir), cache_dir=out_dir / "evaluations", data_dir=data_dir, device=device)
+    pairs = compare_rows(study, rows)
+    figures = draw_figures(study, rows, out_dir)
+    report = out_dir / "report.md"
+    atomic_write_bytes(report, markdown(study, rows, pairs, figures, out_dir).encode())
+    table = out_dir / "report.csv"
+    atomic_write_bytes(table, csv_text(study, rows).encode())
+    written = [report, table, *figures.values()]
+    if into is not None:
+        if not into.is_file():
+            raise AttentionError(
+                f"{into} does not exist: --into updates a document that has the study's markers"
+            )
+        section = markdown(study, rows, pairs, figures, into.parent)
+        atomic_write_bytes(into, replace_section(into.read_text(), study.name, section).encode())
+        written.append(into)
+    return written
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- study: {name} -->", f"<!-- end of study: {name} -->"
+
+
+def replace_section(document: str, name: str, section: str) -> str:
+    """``document`` with the text between the study's two marker lines replaced by ``section``; the prose
+    outside the markers stays as written."""
+    begin, end = markers(name)
+    if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
+        raise AttentionError(
+            f"the document needs the lines '{begin}' and '{end}' once each, around where the study goes"
+        )
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{section}{end}{tail}"

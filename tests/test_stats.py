@@ -1,0 +1,45 @@
+"""The study statistics against values computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from attention.report.stats import mcnemar_exact, seed_summary, where_paper_falls
+
+
+def test_seed_summary_is_the_mean_the_sample_sd_and_the_t_interval():
+    summary = seed_summary([1.0, 2.0, 3.0])
+    assert summary.mean == 2.0 and summary.sd == 1.0
+    # t(0.975, 2 degrees of freedom) = 4.302653; half width = 4.302653 * 1 / sqrt(3) = 2.484138
+    assert summary.low == pytest.approx(2.0 - 2.484138, abs=1e-6)
+    assert summary.high == pytest.approx(2.0 + 2.484138, abs=1e-6)
+
+
+def test_one_seed_has_no_spread_or_interval():
+    summary = seed_summary([1.13])
+    assert (summary.n, summary.mean, summary.sd, summary.low, summary.high) == (1, 1.13, None, None, None)
+
+
+def test_mcnemar_exact_counts_discordant_pairs_and_gives_the_binomial_p_value():
+    a = np.array([1, 1, 1, 1, 1, 0, 1, 0], bool)
+    b = np.array([0, 0, 0, 0, 1, 1, 1, 0], bool)
+    result = mcnemar_exact(a, b)
+    assert (result.only_a, result.only_b) == (4, 1)
+    # two-sided exact: P(X <= 1) + P(X >= 4) for X ~ Bin(5, 1/2) = (1 + 5 + 5 + 1) / 32
+    assert result.p_value == pytest.approx(12 / 32)
+
+
+def test_mcnemar_of_identical_predictions_is_one_and_needs_equal_lengths():
+    same = np.array([1, 0, 1], bool)
+    assert mcnemar_exact(same, same).p_value == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact(same, same[:2])
+
+
+def test_where_the_paper_falls():
+    summary = seed_summary([1.0, 1.2, 1.4])
+    assert where_paper_falls(1.1, summary) == "within our 95% interval"
+    assert where_paper_falls(5.0, summary).startswith("ours 3.80 lower")
+    assert "higher" in where_paper_falls(0.1, seed_summary([1.0]))
+    assert math.isclose(seed_summary([1.0, 1.2, 1.4]).mean, 1.2)
