@@ -1,48 +1,151 @@
-"""Every committed study file parses, resolves and builds; a smoke variant of each takes a training step."""
+"""The committed study and search files: each loads (and its smoke variant), every committed run is a unit of
+some study (or a trial of a search), and a malformed study is refused in one line naming the file and key."""
 
+import functools
 from pathlib import Path
 
 import pytest
-import torch
 
-from attention.config import Config, flatten, load_toml, tomllib, with_overrides
-from attention.losses import hybrid
-from attention.train import make_model, make_optimizer, resolve_config
+from attention import AttentionError
+from attention.config import tomllib
+from attention.runs import CONFIG, find_run
+from attention.search import draws, load_search
+from attention.study import load_study, unit_run
+from attention.train import resolve_config
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = REPO / "studies"
 FILES = sorted(STUDIES.glob("*.toml"))
-TABLES = [path for path in FILES if "row" in tomllib.loads(path.read_text())]
-RUN_CONFIGS = [path for path in FILES if path not in TABLES]
+SEARCHES = [path for path in FILES if "space" in tomllib.loads(path.read_text())]
+STUDY_FILES = [path for path in FILES if path not in SEARCHES]
+# Committed runs: finished ones, and those stopped by hand whose metrics are kept.
+RUN_FOLDERS = ("results/runs", "results/unfinished")
 
 
-def test_there_are_study_tables_and_run_configs():
-    assert TABLES and RUN_CONFIGS
+def test_studies_holds_study_files_and_recipes():
+    assert STUDY_FILES and SEARCHES
+    assert (STUDIES / "recipes").is_dir()
 
 
-@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
-def test_run_config_resolves_builds_and_takes_a_step(path, monkeypatch):
-    monkeypatch.chdir(STUDIES.parent)  # init_from paths are relative to the repository
-    config = resolve_config(with_overrides(Config(), load_toml(path)))
-    if config.train.init_from:
-        assert (Path(config.train.init_from) / "model.pt").is_file(), config.train.init_from
-    # the smoke variant: the study's model and loss on a small random batch, without init_from
-    config = with_overrides(config, {"train.init_from": None})
-    model = make_model(config, torch.device("cpu"))
-    optimizer = make_optimizer(config, model)
-    size = config.data.canvas_size
-    images = torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(0))
-    rollout = model.unroll(images, generator=torch.Generator().manual_seed(1))
-    loss = hybrid(rollout, torch.tensor([0, 1, 2, 3])).total
-    loss.backward()
-    optimizer.step()
-    assert torch.isfinite(loss)
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.stem)
+def test_study_file_loads_and_so_does_its_smoke_variant(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    study = load_study(path)
+    assert study.units()
+    smoke = load_study(path, smoke=True)
+    assert [row.label for row in smoke.rows] == [row.label for row in study.rows]
+    assert all(len(row.seeds) == 1 for row in smoke.rows)
 
 
-@pytest.mark.parametrize("path", TABLES, ids=lambda p: p.stem)
-def test_study_table_rows_name_run_configs_that_resolve(path, monkeypatch):
-    monkeypatch.chdir(STUDIES.parent)
-    study = tomllib.loads(path.read_text())
-    for row in study["row"]:
-        assert Path(row["config"]).is_file(), row["config"]
-        config = with_overrides(Config(), load_toml(row["config"]))
-        resolve_config(with_overrides(config, flatten(row.get("set", {}))))
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.stem)
+def test_search_file_loads_and_so_does_its_smoke_variant(path):
+    assert draws(load_search(path))
+    assert draws(load_search(path, smoke=True))
+
+
+@functools.cache
+def studies():
+    return [load_study(path) for path in STUDY_FILES]
+
+
+def found_runs(runs_dir: Path) -> set[Path]:
+    """The run directories under ``runs_dir`` that some study unit or search trial names."""
+    found = set()
+    for study in studies():
+        for unit in study.units():
+            run = unit_run(unit, runs_dir)
+            if run is not None and (run / CONFIG).is_file():
+                found.add(run.resolve())
+    for path in SEARCHES:
+        search = load_search(path)
+        for params in draws(search):
+            run = find_run(resolve_config(search.config(params)), runs_dir, missing_ok=True)
+            if run is not None:
+                found.add(run.resolve())
+    return found
+
+
+@pytest.mark.parametrize("folder", RUN_FOLDERS)
+def test_every_committed_run_is_found_through_a_study(folder, monkeypatch):
+    monkeypatch.chdir(REPO)  # init_from paths (a stage's previous run) are relative to the repository
+    runs_dir = Path(folder)
+    runs = sorted(p.resolve() for p in runs_dir.glob(f"*/{CONFIG}"))
+    if not runs:
+        pytest.skip(f"no runs under {folder}")
+    found = found_runs(runs_dir)
+    lost = [str(run.parent.relative_to(REPO)) for run in runs if run.parent not in found]
+    assert not lost, f"runs no study file reproduces (add a row or stage that matches each): {lost}"
+
+
+RECIPE = """
+[model]
+num_glimpses = 2
+
+[model.core]
+hidden_size = 32
+"""
+
+
+def write_study(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "recipes").mkdir(exist_ok=True)
+    (tmp_path / "recipes" / "tiny.toml").write_text(RECIPE)
+    path = tmp_path / "bad.toml"
+    path.write_text('recipe = "recipes/tiny.toml"\n' + text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        pytest.param('colour = "blue"\n[[row]]\nlabel = "a"\n', "'colour'", id="unknown-top-level-key"),
+        pytest.param('[[row]]\nlabel = "a"\nconfig = "x.toml"\n', "'row[0].config'", id="unknown-row-key"),
+        pytest.param(
+            '[[row]]\nlabel = "a"\n[[row.stage]]\nlabel = "b"\nepochs = 3\n',
+            "'row[0].stage[0].epochs'",
+            id="unknown-stage-key",
+        ),
+        pytest.param(
+            '[evaluation]\nrepeats = 3\n[[row]]\nlabel = "a"\n',
+            "'evaluation.repeats'",
+            id="unknown-evaluation-key",
+        ),
+        pytest.param(
+            '[[row]]\nlabel = "a"\nset = { "model.colour" = 1 }\n', "'model.colour'", id="unknown-config-key"
+        ),
+        pytest.param(
+            '[[row]]\nlabel = "a"\n[[row.stage]]\nset = { "model.core.hidden_size" = 64 }\n',
+            "row 'a', stage 2 changes the model's shapes",
+            id="stage-changes-shapes",
+        ),
+        pytest.param(
+            '[[row]]\nlabel = "a"\nrecipe = "recipes/missing.toml"\n',
+            "'row[0].recipe'",
+            id="missing-row-recipe",
+        ),
+        pytest.param(
+            '[[row]]\nlabel = "a"\n[[row]]\nlabel = "a"\n', "two rows are labelled 'a'", id="duplicate-labels"
+        ),
+        pytest.param(
+            '[[row]]\nlabel = "a"\n[[compare]]\nrows = ["a", "b"]\n',
+            "'compare[0].rows'",
+            id="compare-unknown-row",
+        ),
+    ],
+)
+def test_malformed_study_is_refused_in_one_line_naming_the_file_and_key(tmp_path, text, named):
+    path = write_study(tmp_path, text)
+    with pytest.raises(AttentionError) as refused:
+        load_study(path)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert named in message
+
+
+def test_study_without_its_recipe_is_refused_naming_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('recipe = "recipes/missing.toml"\n[[row]]\nlabel = "a"\n')
+    with pytest.raises(
+        AttentionError, match=r"bad\.toml: 'recipe' names .*missing\.toml, which does not exist"
+    ):
+        load_study(path)
