@@ -218,14 +218,15 @@ _is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.nn.functional.linear``; for 2-D float32 CPU tensors on the kernel chosen for their shape."""
+    # the cheapest checks first: this runs for every layer at every step
     if (
         _PRODUCT is not None
-        and x.dim() == 2
-        and x.numel() > 0
+        and x.is_cpu
+        and x.ndim == 2
+        and x.dtype is weight.dtype is torch.float32
+        and (bias is None or bias.dtype is torch.float32)
+        and x.shape[0] > 0
         and weight.numel() > 0  # oneDNN refuses empty products
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and (bias is None or bias.dtype == torch.float32)
         # torch.compile cannot trace the private operator; its own compiler picks the kernels there
         and not _is_compiling()
     ):
