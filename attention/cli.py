@@ -119,43 +119,23 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
 
 def cmd_report_curves(args: argparse.Namespace) -> None:
     from attention.report.figures import plot_curves, save_figure
-    from attention.report.tables import describe, study_rows
+    from attention.report.tables import describe
     from attention.runs import load_run_config, read_metrics
 
-    if args.study:
-        rows = study_rows(Path(args.study), Path(args.runs_dir))[1]
-    elif args.run_dirs:
-        rows = [(Path(p), {}) for p in args.run_dirs]
-    else:
-        raise AttentionError("report curves needs run directories or --study FILE")
     curves = []
-    for run_dir, row in rows:
+    for run_dir in map(Path, args.run_dirs):
         config = load_run_config(run_dir)  # also refuses a directory that is not a run, in one line
-        curves.append((row.get("label") or describe(config), read_metrics(run_dir)))
+        curves.append((describe(config), read_metrics(run_dir)))
     save_figure(lambda ax: plot_curves(ax, curves, args.metric), Path(args.out), size=(7.0, 4.5))
     print(f"wrote {args.out}")
 
 
 def cmd_report_table(args: argparse.Namespace) -> None:
-    from attention.report.tables import replace_table_section, results_table, study_table
+    from attention.report.tables import results_table
     from attention.runs import atomic_write_bytes
 
-    if args.study:
-        text = study_table(Path(args.study), Path(args.runs_dir))
-    elif args.run_dirs:
-        text = results_table([Path(p) for p in args.run_dirs])
-    else:
-        raise AttentionError("report table needs run directories or --study FILE")
-    if args.into:
-        if not args.study:
-            raise AttentionError("--into replaces a study's section: give --study FILE")
-        target = Path(args.into)
-        if not target.exists():
-            raise AttentionError(f"{target} does not exist: --into updates a document that has the section")
-        updated = replace_table_section(target.read_text(), text)
-        atomic_write_bytes(target, updated.encode())
-        print(f"updated {target}")
-    elif args.out:
+    text = results_table([Path(p) for p in args.run_dirs])
+    if args.out:
         atomic_write_bytes(Path(args.out), text.encode())
         print(f"wrote {args.out}")
     else:
@@ -322,22 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(glimpses)
     device(glimpses)
     glimpses.set_defaults(func=cmd_report_glimpses)
-    table = report.add_parser("table", help="Markdown table of run results")
-    table.add_argument("run_dirs", nargs="*")
-    table.add_argument("--study", help="a study TOML whose rows name configs (and the paper's numbers)")
-    table.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
-    # one destination per table: given both, one of them would be silently left stale
-    destination = table.add_mutually_exclusive_group()
-    destination.add_argument("--out", help="write the table to this file")
-    destination.add_argument(
-        "--into", help="replace the study's section (its heading and table) in this Markdown document"
+    table = report.add_parser(
+        "table", help="Markdown table of run directories (a study's table: 'attention study report')"
     )
+    table.add_argument("run_dirs", nargs="+")
+    table.add_argument("--out", help="write the table to this file")
     table.set_defaults(func=cmd_report_table)
 
     curves = report.add_parser("curves", help="a per-epoch metric of runs against the epoch (PNG)")
-    curves.add_argument("run_dirs", nargs="*")
-    curves.add_argument("--study", help="plot the runs of this study's rows (legend: a row's label)")
-    curves.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    curves.add_argument("run_dirs", nargs="+")
     curves.add_argument(
         "--metric", default="val_error_pct", help="a key of metrics.jsonl (default val_error_pct)"
     )

@@ -88,14 +88,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             f"storage {url}: SQLite is not safe for several worker processes; use a journal file (the "
             "default) on one machine or postgresql://... for many"
         )
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as error:  # a driver missing, a server down: say which in one line
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AttentionError(
-            f"cannot open storage {url} ({first}); for PostgreSQL install the 'postgres' extra "
-            "(pip install -e '.[postgres]') and check the server and the URL"
-        ) from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as error:  # a driver missing, a server down: say which in one line
+            text = str(error)
+            if ("already exists" in text or "duplicate key" in text) and attempt < 4:
+                # another worker is creating Optuna's tables at this moment; they exist once it is done
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+            raise AttentionError(
+                f"cannot open storage {url} ({first}); for PostgreSQL install the 'postgres' extra "
+                "(pip install -e '.[postgres]') and check the server and the URL"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextlib.contextmanager

@@ -81,14 +81,16 @@ def write_search_report(
     storage: str | None = None,
     out_dir: Path | None = None,
     recipe_out: Path | None = None,
+    smoke: bool = False,
 ) -> list[Path]:
     from attention.report.figures import save_optuna_figure
     from attention.study_run import default_storage
 
-    search = load_search(search_file)
+    search = load_search(search_file, smoke=smoke)
     url = storage or default_storage(search.path)
+    name = search.name + ("-smoke" if smoke else "")
     try:
-        study = optuna.load_study(study_name=search.name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise AttentionError(
             f"no search '{search.name}' in {url}; run 'attention search {search_file}'"

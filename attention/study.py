@@ -33,6 +33,7 @@ SMOKE = {
     "train.time_budget_s": None,
     "data.train_limit": 32,
     "data.eval_limit": 50,
+    "train.compile": False,  # compiling takes longer than a smoke run, and needs a GPU to pay off
 }
 SMOKE_DRAWS = 2
 

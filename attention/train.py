@@ -24,6 +24,7 @@ from attention.data.mnist import load_mnist
 from attention.data.tasks import TrainingStream, fixed_set, resolve, to_float
 from attention.evaluate import error_pct, evaluate_model
 from attention.heads import WHERE_HEADS
+from attention.linear import kernel_report
 from attention.losses import hybrid
 from attention.model import build_model
 from attention.runs import (
@@ -476,6 +477,7 @@ def fit(
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "device": str(device_),
         "torch_version": torch.__version__,
+        "kernel": kernel_report(),  # which linear kernel ran, chosen by measurement on this CPU
         "git_revision": revision,
         "init_from_sha256": init_digest,
     }

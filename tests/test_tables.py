@@ -5,7 +5,7 @@ import pytest
 
 from attention import AttentionError
 from attention.config import Config, config_hash, load_toml, to_dict, with_overrides
-from attention.report.tables import study_table
+from attention.report.tables import results_table
 from attention.runs import write_json
 from attention.train import resolve_config
 
@@ -30,48 +30,6 @@ def fake_run(runs_dir: Path, config: Config, error: float) -> Path:
     return run_dir
 
 
-def test_study_rows_find_their_runs_with_the_rows_overrides(tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text('[data]\ntask = "mnist"\n[train]\nepochs = 3\nseed = 0\n')
-    base = resolve_config(with_overrides(Config(), load_toml(recipe)))
-    fake_run(tmp_path / "runs", base, 1.5)
-    fake_run(tmp_path / "runs", with_overrides(base, {"train.seed": 2}), 1.25)
-    study = tmp_path / "study.toml"
-    study.write_text(
-        f'title = "seeds"\n[[row]]\nconfig = "{recipe}"\npaper = "1.29%"\n'
-        f'[[row]]\nconfig = "{recipe}"\nset = {{ "train.seed" = 2 }}\npaper = "1.29%"\n'
-    )
-    table = study_table(study, tmp_path / "runs")
-    lines = [line for line in table.splitlines() if line.startswith("| MNIST")]
-    assert len(lines) == 2
-    assert "| 1.29% | 1.50% |" in lines[0] and "| 0 |" in lines[0]
-    assert "| 1.29% | 1.25% |" in lines[1] and "| 2 |" in lines[1]
-
-
-def test_study_row_without_a_trained_run_is_refused(tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text('[data]\ntask = "mnist"\n')
-    study = tmp_path / "study.toml"
-    study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = {{ "train.seed" = 7 }}\n')
-    (tmp_path / "runs").mkdir()
-    with pytest.raises(AttentionError, match="train it first"):
-        study_table(study, tmp_path / "runs")
-
-
-def test_study_set_accepts_nested_tables_and_refuses_other_values(tmp_path):
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text('[data]\ntask = "mnist"\n[train]\nepochs = 3\n')
-    base = resolve_config(with_overrides(Config(), load_toml(recipe)))
-    fake_run(tmp_path / "runs", with_overrides(base, {"train.seed": 4}), 1.0)
-    study = tmp_path / "study.toml"
-    # an unquoted dotted key is a nested table in TOML: the same override
-    study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = {{ train.seed = 4 }}\n')
-    assert "| 4 |" in study_table(study, tmp_path / "runs")
-    study.write_text(f'[[row]]\nconfig = "{recipe}"\nset = 4\n')
-    with pytest.raises(AttentionError, match="set must be a table"):
-        study_table(study, tmp_path / "runs")
-
-
 def test_rows_name_non_default_sizes_a_cut_schedule_and_a_gpu(tmp_path):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(
@@ -83,9 +41,7 @@ def test_rows_name_non_default_sizes_a_cut_schedule_and_a_gpu(tmp_path):
     result = json.loads((run_dir / "result.json").read_text())
     result.update(epochs_budget=10, stopped_because="time_budget", device="cuda")
     write_json(run_dir / "result.json", result)
-    study = tmp_path / "study.toml"
-    study.write_text(f'[[row]]\nconfig = "{recipe}"\n')
-    row = study_table(study, tmp_path / "runs").splitlines()[-1]
+    row = results_table([run_dir]).splitlines()[-1]
     assert "glimpse net 128/128/64, core 512" in row
     assert "cosine, compiled |" in row
     assert "| 3 of 10 (time budget) |" in row
@@ -93,19 +49,23 @@ def test_rows_name_non_default_sizes_a_cut_schedule_and_a_gpu(tmp_path):
     # a run that ran its whole schedule on the CPU says neither
     result.update(epochs_run=10, stopped_because="epochs", device="cpu")
     write_json(run_dir / "result.json", result)
-    row = study_table(study, tmp_path / "runs").splitlines()[-1]
+    row = results_table([run_dir]).splitlines()[-1]
     assert "| 10 | 2.0 min |" in row
 
 
-def test_a_study_section_is_replaced_in_place_and_the_prose_around_it_kept():
-    from attention.report.tables import replace_table_section
+def test_a_study_section_is_replaced_between_its_markers_and_the_prose_around_it_kept():
+    from attention.report.study_report import replace_section
 
-    document = "# Results\n\nprose before\n\n## seeds\n\n| a |\n| --- |\n| old |\n\nFigures: kept\n"
-    rendered = "## seeds\n\n| a |\n| --- |\n| new |\n| newer |\n"
-    updated = replace_table_section(document, rendered)
-    assert updated == "# Results\n\nprose before\n\n" + rendered + "\nFigures: kept\n"
-    with pytest.raises(AttentionError, match="'## other' is not in the document"):
-        replace_table_section(document, "## other\n\n| a |\n")
+    document = (
+        "# Results\n\nprose before\n<!-- study: seeds -->\nold table\n<!-- end of study: seeds -->\nkept\n"
+    )
+    updated = replace_section(document, "seeds", "## seeds\n\nnew table\n")
+    assert updated == (
+        "# Results\n\nprose before\n<!-- study: seeds -->\n## seeds\n\nnew table\n"
+        "<!-- end of study: seeds -->\nkept\n"
+    )
+    with pytest.raises(AttentionError, match="<!-- study: other -->"):
+        replace_section(document, "other", "x\n")
 
 
 def test_retina_rows_name_the_location_policy_and_batch_when_they_differ_from_the_defaults(tmp_path):
@@ -132,60 +92,30 @@ def test_retina_rows_name_the_location_policy_and_batch_when_they_differ_from_th
     assert describe(only_reinforce).endswith(", REINFORCE also trains the core")
 
 
-def test_report_table_refuses_two_destinations_and_writes_neither(tmp_path, capsys):
-    from attention.cli import main
-
-    document = tmp_path / "results.md"
-    document.write_text("# results\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(
-            ["report", "table", "--study", "s.toml", "--into", str(document), "--out", str(tmp_path / "t.md")]
-        )
-    assert exit_info.value.code != 0 and "not allowed with argument" in capsys.readouterr().err
-    assert document.read_text() == "# results\n" and not (tmp_path / "t.md").exists()
-
-
-def test_report_curves_plots_a_metric_per_run_labelled_by_the_studys_rows(tmp_path):
+def test_report_curves_plots_a_metric_per_run(tmp_path):
     import matplotlib.pyplot as plt
 
     from attention.cli import main
     from attention.report.figures import plot_curves
-    from attention.report.tables import study_rows
     from attention.runs import read_metrics, write_metrics
 
     recipe = tmp_path / "recipe.toml"
     recipe.write_text('[data]\ntask = "mnist"\n[train]\nepochs = 3\nseed = 0\n')
     base = resolve_config(with_overrides(Config(), load_toml(recipe)))
+    runs = []
     for seed, errors in ((0, [50.0, 30.0, 20.0]), (2, [60.0, 40.0, 10.0])):
         run = fake_run(tmp_path / "runs", with_overrides(base, {"train.seed": seed}), errors[-1])
         write_metrics(run, [{"epoch": e + 1, "val_error_pct": v} for e, v in enumerate(errors)])
-    study = tmp_path / "study.toml"
-    study.write_text(
-        f'[[row]]\nconfig = "{recipe}"\nlabel = "seed 0"\n'
-        f'[[row]]\nconfig = "{recipe}"\nset = {{ "train.seed" = 2 }}\nlabel = "seed 2"\n'
-    )
-    _, rows = study_rows(study, tmp_path / "runs")
+        runs.append(run)
     fig, ax = plt.subplots()
-    plot_curves(ax, [(row["label"], read_metrics(run)) for run, row in rows], "val_error_pct")
+    plot_curves(
+        ax, [(f"seed {i}", read_metrics(run)) for i, run in zip((0, 2), runs, strict=True)], "val_error_pct"
+    )
     assert ax.get_legend_handles_labels()[1] == ["seed 0", "seed 2"]
     assert list(ax.lines[1].get_ydata()) == [60.0, 40.0, 10.0]
     plt.close(fig)
     out = tmp_path / "curves.png"
-    assert (
-        main(
-            [
-                "report",
-                "curves",
-                "--study",
-                str(study),
-                "--runs-dir",
-                str(tmp_path / "runs"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["report", "curves", *map(str, runs), "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
 
 

@@ -33,6 +33,7 @@ def evaluate_draws(
     errors, probabilities, first_correct = [], None, None
     for draw in range(draws):
         generator = torch.Generator(device=device).manual_seed(seed + draw)
+        untouched = generator.get_state()
         outputs, correct = [], []
         for images, labels in dataset.batches(batch_size, device):
             logits = model.unroll(images, sample=False, generator=generator).logits
@@ -44,6 +45,12 @@ def evaluate_draws(
         probabilities = draw_probabilities if probabilities is None else probabilities + draw_probabilities
         if first_correct is None:
             first_correct = correct
+        if torch.equal(generator.get_state(), untouched):
+            # the model drew no random numbers (no random first glimpse, no sampling): every draw would
+            # repeat this one exactly, so count it for all of them instead of recomputing it
+            errors = errors * draws
+            probabilities = probabilities * draws
+            break
     averaged = 100.0 * int((probabilities.argmax(dim=1) != dataset.labels).sum()) / len(dataset.labels)
     return {"errors_pct": errors, "averaged_error_pct": averaged, "first_correct": first_correct.numpy()}
 

@@ -295,12 +295,14 @@ def write_study_report(
     into: Path | None = None,
     data_dir=None,
     device=None,
+    smoke: bool = False,
 ) -> list[Path]:
     """Write ``report.md``, ``report.csv`` and the figures to ``out_dir`` (default: the study's folder), and
-    with ``into`` replace the study's section of that Markdown document. Returns the files written."""
+    with ``into`` replace the study's section of that Markdown document; ``smoke`` reports a ``--smoke`` run
+    of the study (its runs in ``runs_dir``). Returns the files written."""
     from attention.runs import atomic_write_bytes
 
-    study = load_study(study_file)
+    study = load_study(study_file, smoke=smoke)
     out_dir = out_dir or study_folder(study.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect(study, Path(runs_dir), cache_dir=out_dir / "evaluations", data_dir=data_dir, device=device)

@@ -1,11 +1,12 @@
-"""Markdown tables rendered from run directories only (``config.json`` + ``result.json``)."""
+"""Markdown tables of run directories (``config.json`` + ``result.json``), and the labels that name a run's
+model and training in every table (studies use them too: :mod:`attention.report.study_report`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from attention import AttentionError
-from attention.runs import RESULT, find_run, load_run_config, read_json
+from attention.runs import RESULT, load_run_config, read_json
 
 
 def sizes_label(model) -> str:
@@ -132,55 +133,3 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
             f"| {time_label(result)} | {result['seed']} | `{run_dir}` |"
         )
     return "\n".join(rows) + "\n"
-
-
-def study_rows(study_file: Path, runs_dir: Path) -> tuple[str, list[tuple[Path, dict]]]:
-    """A study file's title and, for each row, the run its config hashes to and the row itself. A row names
-    a ``config`` file, may ``set`` overrides on top of it (``set = { "train.seed" = 2 }``, as ``--set`` does
-    on the command line), and may give the ``paper``'s number and a short ``label`` for figure legends."""
-    from attention.config import Config, flatten, load_toml, tomllib, with_overrides
-    from attention.train import resolve_config
-
-    try:
-        study = tomllib.loads(Path(study_file).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise AttentionError(f"cannot read study file {study_file}: {error}") from None
-    rows = []
-    for row in study.get("row", []):
-        if "config" not in row:
-            raise AttentionError(f'{study_file}: every [[row]] needs a config = "studies/....toml"')
-        overrides = row.get("set", {})
-        if not isinstance(overrides, dict):
-            raise AttentionError(
-                f'{study_file}: a row\'s set must be a table, e.g. set = {{ "train.seed" = 2 }}'
-            )
-        config = with_overrides(with_overrides(Config(), load_toml(row["config"])), flatten(overrides))
-        rows.append((find_run(resolve_config(config), Path(runs_dir)), row))
-    return study.get("title", Path(study_file).stem), rows
-
-
-def study_table(study_file: Path, runs_dir: Path) -> str:
-    """Render a study file's rows (:func:`study_rows`) as a ``## title`` section with its table."""
-    title, rows = study_rows(study_file, runs_dir)
-    run_dirs = [run_dir for run_dir, _ in rows]
-    return f"## {title}\n\n" + results_table(run_dirs, [row.get("paper", "") for _, row in rows])
-
-
-def replace_table_section(document: str, rendered: str) -> str:
-    """``document`` with the section ``rendered`` (a study table: its ``## title`` line, a blank line and the
-    table) put in place of the one under the same heading: the heading, the blank lines after it and the
-    table's lines, nothing more, so the prose around it stays as written."""
-    heading = rendered.splitlines()[0]
-    lines = document.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == heading]
-    if len(starts) != 1:
-        found = "is not" if not starts else "is more than once"
-        raise AttentionError(
-            f"the heading '{heading}' {found} in the document: add it once where the table goes"
-        )
-    end = starts[0] + 1
-    while end < len(lines) and not lines[end].strip():
-        end += 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    return "".join(lines[: starts[0]]) + rendered + "".join(lines[end:])

@@ -1,0 +1,316 @@
+"""Studies and searches on the engine: worker processes, PostgreSQL, SIGKILL and Ctrl-C, resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from attention import AttentionError
+from attention.engine import KEY, open_storage
+from attention.runs import CHECKPOINT, RESULT, read_metrics
+from attention.search import draws, load_search, run_search
+from attention.study import Unit, load_study, unit_run
+from attention.study_run import run_study
+
+TINY = '"data.train_limit" = 256, "data.eval_limit" = 100, "train.batch_size" = 64, "model.num_glimpses" = 2'
+
+
+def write_files(folder: Path, *, epochs: int = 2, pruner: str = "none", trials: int = 4) -> tuple[Path, Path]:
+    """A tiny study (two rows, two seeds, a two-stage row) and a tiny search on MNIST."""
+    (folder / "recipes").mkdir(parents=True, exist_ok=True)
+    (folder / "recipes" / "tiny.toml").write_text('[data]\ntask = "mnist"\n[model]\nnum_glimpses = 2\n')
+    study = folder / "tiny-study.toml"
+    study.write_text(
+        f"""title = "tiny"
+recipe = "recipes/tiny.toml"
+seeds = [0, 1]
+budget = {{ "train.epochs" = {epochs}, {TINY} }}
+[evaluation]
+draws = 2
+[[row]]
+label = "one stage"
+[[row]]
+label = "two stages"
+set = {{ "model.where.std" = 0.2 }}
+[[row.stage]]
+set = {{ "train.learning_rate" = 1e-4 }}
+[[compare]]
+rows = ["one stage", "two stages"]
+"""
+    )
+    search = folder / "tiny-search.toml"
+    search.write_text(
+        f"""recipe = "recipes/tiny.toml"
+trials = {trials}
+seed = 5
+set = {{ "train.epochs" = {epochs}, {TINY} }}
+[space."train.learning_rate"]
+low = 1e-4
+high = 1e-2
+log = true
+[space."model.where.std"]
+low = 0.03
+high = 0.3
+log = true
+[pruner]
+name = "{pruner}"
+startup_trials = 1
+"""
+    )
+    return study, search
+
+
+def trials_of(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+
+
+def cli(*args: str, mnist_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "ATTENTION_DATA": str(mnist_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "attention.cli", *args, "--no-progress"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_search_with_two_worker_processes_runs_each_draw_once_and_a_rerun_adds_nothing(mnist_dir, tmp_path):
+    _, search_file = write_files(tmp_path, pruner="median")
+    storage = f"journal:{tmp_path / 'search.journal'}"
+    options = {"storage": storage, "runs_dir": tmp_path / "runs", "data_dir": mnist_dir, "progress": False}
+    run_search(search_file, workers=2, **options)
+    trials = trials_of(storage, "tiny-search")
+    assert len(trials) == 4
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert TrialState.COMPLETE in {t.state for t in trials}
+    # each trial ran its own up-front draw, recorded its run directory, and reported every epoch
+    assert sorted(t.user_attrs[KEY] for t in trials) == [f"draw {i}" for i in range(4)]
+    drawn = draws(load_search(search_file))
+    for trial in trials:
+        assert trial.params == drawn[int(trial.user_attrs[KEY].split()[1])]
+        assert Path(trial.user_attrs["run_dir"]).is_dir()
+        assert len(trial.intermediate_values) >= 1
+    run_search(search_file, workers=2, **options)
+    assert len(trials_of(storage, "tiny-search")) == 4  # the cap holds across runs and workers
+
+
+def test_search_report_writes_the_best_recipe_that_train_accepts(mnist_dir, tmp_path):
+    from attention.config import Config, load_toml, with_overrides
+    from attention.search_report import write_search_report
+
+    _, search_file = write_files(tmp_path, epochs=1, trials=2)
+    storage = f"journal:{tmp_path / 'search.journal'}"
+    run_search(search_file, workers=1, storage=storage, runs_dir=tmp_path / "runs", data_dir=mnist_dir)
+    written = write_search_report(search_file, storage=storage, out_dir=tmp_path / "report")
+    best = min((t for t in trials_of(storage, "tiny-search")), key=lambda t: t.value)
+    recipe = load_toml(tmp_path / "report" / "best-recipe.toml")
+    config = with_overrides(Config(), recipe)
+    assert config.train.learning_rate == best.params["train.learning_rate"]
+    assert config.model.where.std == best.params["model.where.std"]
+    assert config.train.epochs == Config().train.epochs  # the search's short budget is not in the recipe
+    assert all(path.stat().st_size > 0 for path in written)
+
+
+def test_a_study_finishes_every_unit_once_and_its_report_pairs_rows(mnist_dir, tmp_path):
+    from attention.report.study_report import write_study_report
+
+    study_file, _ = write_files(tmp_path, epochs=1)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    runs = tmp_path / "runs"
+    summary = run_study(
+        study_file, workers=2, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False
+    )
+    assert summary["finished"] == summary["units"] == 6
+    study = load_study(study_file)
+    stage_one = unit_run(Unit(study.rows[1], 0, 0), runs)
+    stage_two = unit_run(Unit(study.rows[1], 0, 1), runs)
+    assert json.loads((stage_two / RESULT).read_text())["init_from_sha256"] is not None
+    assert stage_one != stage_two
+    written = write_study_report(study_file, runs_dir=runs, out_dir=tmp_path / "report", data_dir=mnist_dir)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| one stage |" in text and "pooled" in text and "1 + 1" in text
+    assert any(p.suffix == ".csv" for p in written) and any(p.suffix == ".png" for p in written)
+    run_study(study_file, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False)
+    assert len(trials_of(storage, "tiny-study")) == 6  # nothing retrained
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def first_epoch_written(runs: Path) -> Path | None:
+    """The run directory whose first epoch's checkpoint is written (metrics.jsonl comes just before)."""
+    for checkpoint in runs.glob(f"*/{CHECKPOINT}"):
+        return checkpoint.parent
+    return None
+
+
+def test_a_sigkilled_worker_costs_only_time_its_trial_is_retried_from_its_checkpoint(mnist_dir, tmp_path):
+    _, search_file = write_files(tmp_path, epochs=4, trials=2)
+    storage = f"journal:{tmp_path / 'search.journal'}"
+    runs = tmp_path / "runs"
+    common = ["search", str(search_file), "--storage", storage, "--runs-dir", str(runs), "--workers", "1"]
+    timing = ["--heartbeat-s", "0.5", "--stale-after-s", "3"]
+    doomed = cli(*common, *timing, mnist_dir=mnist_dir)
+    wait_for(lambda: first_epoch_written(runs) is not None, 120, "the first epoch")
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.wait()
+    killed_run = first_epoch_written(runs)
+    epoch_one = read_metrics(killed_run)[0]
+    assert not (killed_run / RESULT).exists()
+
+    survivor = cli(*common, *timing, mnist_dir=mnist_dir)
+    output, _ = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, output
+    trials = trials_of(storage, "tiny-search")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    stale = [t for t in trials if t.state == TrialState.FAIL]
+    assert sorted(t.user_attrs[KEY] for t in complete) == ["draw 0", "draw 1"]  # the trial count is reached
+    assert len(stale) == 1 and stale[0].user_attrs["ended_because"] == "stale"
+    retry = next(t for t in complete if t.user_attrs[KEY] == stale[0].user_attrs[KEY])
+    assert retry.params == stale[0].params and retry.user_attrs["run_dir"] == str(killed_run)
+    # resumed, not restarted: the killed worker's first epoch (with its wall time) is still the record
+    assert read_metrics(killed_run)[0] == epoch_one
+    assert len(read_metrics(killed_run)) == 4
+
+
+def test_ctrl_c_stops_a_worker_cleanly_and_the_study_resumes_where_it_was(mnist_dir, tmp_path):
+    study_file, _ = write_files(tmp_path, epochs=4)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    runs = tmp_path / "runs"
+    args = ["study", "run", str(study_file), "--storage", storage, "--runs-dir", str(runs), "--workers", "1"]
+    worker = cli(*args, mnist_dir=mnist_dir)
+    wait_for(lambda: first_epoch_written(runs) is not None, 120, "the first epoch")
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    interrupted = [t for t in trials_of(storage, "tiny-study") if t.state == TrialState.FAIL]
+    assert [t.user_attrs["ended_because"] for t in interrupted] == ["interrupted"]
+    stopped_run = Path(interrupted[0].user_attrs["run_dir"])
+    epoch_one = read_metrics(stopped_run)[0]
+
+    summary = run_study(
+        study_file, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False
+    )
+    assert summary["finished"] == summary["units"] == 6
+    assert read_metrics(stopped_run)[0] == epoch_one  # continued from its checkpoint
+
+
+def find_postgres_binaries() -> Path | None:
+    for candidate in [shutil.which("pg_ctl"), *sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))]:
+        if candidate and Path(candidate).with_name("initdb").exists():
+            return Path(candidate).parent
+    return None
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server of our own, on a Unix socket in a temporary folder, stopped afterwards."""
+    binaries = find_postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
+    pytest.importorskip("psycopg2", reason="the 'postgres' extra (psycopg2) is not installed")
+    # not under pytest's own temporary folder: that one is private to this user, and the server runs as
+    # the postgres user
+    folder = Path(tempfile.mkdtemp(prefix="attention-postgres-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run(
+        [*as_postgres, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-k {folder} -p {port} -c listen_addresses=''"
+    start = [*as_postgres, str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l"]
+    subprocess.run([*start, str(folder / "log"), "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@/postgres?host={folder}&port={port}"
+    finally:
+        subprocess.run(
+            [*as_postgres, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+
+
+def test_two_workers_share_one_study_through_postgresql(mnist_dir, tmp_path, postgres_url):
+    study_file, _ = write_files(tmp_path, epochs=1)
+    runs = tmp_path / "runs"
+    args = [
+        "study",
+        "run",
+        str(study_file),
+        "--storage",
+        postgres_url,
+        "--runs-dir",
+        str(runs),
+        "--workers",
+        "1",
+    ]
+    machines = [cli(*args, mnist_dir=mnist_dir) for _ in range(2)]  # as two machines would start them
+    for machine in machines:
+        output, _ = machine.communicate(timeout=300)
+        assert machine.returncode == 0, output
+    trials = trials_of(postgres_url, "tiny-study")
+    keys = [t.user_attrs[KEY] for t in trials if t.state == TrialState.COMPLETE]
+    assert len(keys) == len(set(keys)) == 6  # every unit once, none twice
+    study = load_study(study_file)
+    assert all((unit_run(unit, runs) / RESULT).is_file() for unit in study.units())
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ("trials = 4\nbogus = 1", "unknown key 'bogus'"),
+        ('[space."train.learning_rate"]\nlow = 0.0\nhigh = 1e-2\nlog = true', "must exclude zero"),
+        ('[space."train.no_such_field"]\nlow = 1.0\nhigh = 2.0', "unknown config key 'train.no_such_field'"),
+        ('[space."train.learning_rate"]\nlow = 1e-2\nhigh = 1e-4', "low < high"),
+    ],
+)
+def test_a_malformed_search_is_refused_in_one_line_naming_file_and_key(tmp_path, change, message):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.toml").write_text('[data]\ntask = "mnist"\n')
+    path = tmp_path / "bad.toml"
+    path.write_text(f'recipe = "recipes/tiny.toml"\n{change}\n')
+    if "space" not in change:
+        path.write_text(path.read_text() + '[space."model.where.std"]\nlow = 0.03\nhigh = 0.3\n')
+    with pytest.raises(AttentionError, match=message) as error:
+        load_search(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_search_without_a_space_is_refused(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.toml").write_text("")
+    path = tmp_path / "empty.toml"
+    path.write_text('recipe = "recipes/tiny.toml"\n[space]\n')
+    with pytest.raises(AttentionError, match="'space' is empty"):
+        load_search(path)
+
+
+def test_sqlite_storage_is_refused_with_what_to_use_instead():
+    with pytest.raises(AttentionError, match="journal file"):
+        open_storage("sqlite:///x.db")

@@ -1,0 +1,67 @@
+"""The study protocol's evaluation over several draws (attention.report.evaluation)."""
+
+import torch
+
+from attention.config import Config, with_overrides
+from attention.data.tasks import FixedSet
+from attention.evaluate import error_pct
+from attention.report.evaluation import evaluate_draws, unpack
+from attention.train import make_model, resolve_config
+
+
+def tiny_set(count: int = 64) -> FixedSet:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 28, 28), generator=generator, dtype=torch.uint8)
+    return FixedSet(images, torch.randint(0, 10, (count,), generator=generator))
+
+
+def model_of(overrides: dict):
+    config = resolve_config(with_overrides(Config(), {"data.task": "mnist", **overrides}))
+    return make_model(config, torch.device("cpu"))
+
+
+def counting_unrolls(model) -> list:
+    calls = []
+    unroll = model.unroll
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return unroll(*args, **kwargs)
+
+    model.unroll = counted
+    return calls
+
+
+def test_draw_zero_is_the_single_pass_of_the_run_and_a_random_first_glimpse_is_drawn_anew_each_time():
+    model, dataset = model_of({"model.num_glimpses": 2}), tiny_set()
+    calls = counting_unrolls(model)
+    measured = evaluate_draws(model, dataset, draws=4, seed=11, batch_size=16, device=torch.device("cpu"))
+    passes = len(calls)
+    single = error_pct(
+        model,
+        dataset,
+        sample=False,
+        generator=torch.Generator().manual_seed(11),
+        batch_size=16,
+        device=torch.device("cpu"),
+    )
+    assert measured["errors_pct"][0] == single
+    assert len(measured["errors_pct"]) == 4 and passes == 4 * 4  # 4 draws of 4 batches
+    assert measured["first_correct"].sum() == round(len(dataset.labels) * (100 - single) / 100)
+    assert 0 <= measured["averaged_error_pct"] <= 100
+
+
+def test_a_model_that_draws_nothing_random_counts_one_pass_for_every_draw():
+    model = model_of({"model.num_glimpses": 2, "model.where.initial": "center"})
+    calls = counting_unrolls(model)
+    measured = evaluate_draws(model, tiny_set(), draws=5, seed=3, batch_size=16, device=torch.device("cpu"))
+    assert len(measured["errors_pct"]) == 5 and len(set(measured["errors_pct"])) == 1
+    assert len(calls) == 4  # one pass of 4 batches
+    assert measured["averaged_error_pct"] == measured["errors_pct"][0]
+
+
+def test_correctness_bits_survive_packing():
+    from attention.report.evaluation import _pack
+
+    bits = torch.rand(37, generator=torch.Generator().manual_seed(1)).numpy() > 0.5
+    assert (unpack(_pack(bits), 37) == bits).all()
