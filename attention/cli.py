@@ -159,7 +159,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
         cases=args.cases,
         scaling=not args.no_scaling,
     )
+    if args.layouts:
+        from attention.bench_layouts import measure_layouts
+
+        case = bench.TRAINING_CASES[0]
+        result["layouts"] = {"case": case.name, "rows": measure_layouts(case.overrides)}
     print(bench.format_table(result), end="")
+    if args.layouts:
+        from attention.bench_layouts import format_layouts
+
+        print("\n" + "\n".join(format_layouts(result["layouts"]["rows"])))
     if args.json:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
@@ -385,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--cases", help="only the training cases whose name contains this text")
     bench.add_argument("--no-scaling", action="store_true", help="skip the inference cost against image size")
+    bench.add_argument(
+        "--layouts",
+        action="store_true",
+        help="also measure how to split the cores between training processes (workers x threads)",
+    )
     data_dir(bench)
     device(bench)
     bench.set_defaults(func=cmd_bench)

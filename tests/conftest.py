@@ -3,6 +3,11 @@ from pathlib import Path
 
 import pytest
 
+# The suite runs with PyTorch's linear kernel forced (attention/linear.py): measuring both kernels at every
+# new layer shape costs more than a smoke run's training, and a choice measured on a loaded machine could
+# differ between two processes of one test. test_linear.py tests the rule itself with fake kernels.
+os.environ.setdefault("ATTENTION_ONEDNN_LINEAR", "0")
+
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
