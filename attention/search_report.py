@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
-from attention.engine import KEY, open_storage
+from attention.engine import KEY, journal_path, open_storage
 from attention.runs import atomic_write_bytes
 from attention.search import Search, load_search
 from attention.study import study_folder
@@ -89,6 +89,9 @@ def write_search_report(
     search = load_search(search_file, smoke=smoke)
     url = storage or default_storage(search.path)
     name = search.name + ("-smoke" if smoke else "")
+    journal = journal_path(url)
+    if journal is not None and not journal.is_file():  # do not leave an empty journal behind
+        raise AttentionError(f"no search storage at {journal}; run 'attention search {search_file}' first")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
