@@ -132,33 +132,38 @@ def columns(independent_seeds: tuple[int, ...]) -> list[str]:
 
 
 def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
-    """McNemar's exact test for each declared pair, on the fixed test set's first draw, for every seed both
-    rows have, and pooled over those seeds."""
+    """McNemar's exact test for each declared pair on the fixed test set's first draw: the same images, so
+    any two finished models pair. Seeds are matched where both rows have them, else paired in order; the
+    test is given per pair of models and pooled over them."""
     by_label = {r.row.label: r for r in rows}
     out = []
     for a_label, b_label, why in study.compare:
         a, b = by_label[a_label], by_label[b_label]
-        a_seeds, b_seeds = {s.seed: s for s in a.seeds}, {s.seed: s for s in b.seeds}
-        common = sorted(set(a_seeds) & set(b_seeds))
+        b_seeds = {s.seed: s for s in b.seeds}
+        matched = [(s, b_seeds[s.seed]) for s in a.seeds if s.seed in b_seeds]
+        pairs = matched or list(zip(a.seeds, b.seeds, strict=False))
         cells = {"A": a_label, "B": b_label, "why": why}
-        if not common:
-            cells["result"] = "no seed finished in both rows"
+        if not pairs:
+            cells["result"] = "not run in both rows yet"
             out.append(cells)
             continue
         tests, a_bits, b_bits = [], [], []
-        for seed in common:
-            n = a_seeds[seed].main["n_test"]
-            if b_seeds[seed].main["n_test"] != n:
+        for a_seed, b_seed in pairs:
+            n = a_seed.main["n_test"]
+            if b_seed.main["n_test"] != n:
                 raise AttentionError(f"rows '{a_label}' and '{b_label}' were tested on different test sets")
-            a_ok = unpack(a_seeds[seed].main["first_draw_correct"], n)
-            b_ok = unpack(b_seeds[seed].main["first_draw_correct"], n)
-            tests.append((seed, mcnemar_exact(a_ok, b_ok)))
+            a_ok = unpack(a_seed.main["first_draw_correct"], n)
+            b_ok = unpack(b_seed.main["first_draw_correct"], n)
+            name = (
+                f"seed {a_seed.seed}" if a_seed.seed == b_seed.seed else f"seeds {a_seed.seed}/{b_seed.seed}"
+            )
+            tests.append((name, mcnemar_exact(a_ok, b_ok)))
             a_bits.append(a_ok)
             b_bits.append(b_ok)
         pooled = mcnemar_exact(np.concatenate(a_bits), np.concatenate(b_bits))
         cells["result"] = "; ".join(
-            f"seed {seed}: only A right {t.only_a}, only B right {t.only_b}, p = {t.p_value:.3g}"
-            for seed, t in tests
+            f"{name}: only A right {t.only_a}, only B right {t.only_b}, p = {t.p_value:.3g}"
+            for name, t in tests
         )
         cells["pooled"] = (
             f"only A right {pooled.only_a}, only B right {pooled.only_b}, p = {pooled.p_value:.3g}"
@@ -191,7 +196,8 @@ def markdown(
     if pairs:
         lines += [
             "",
-            "McNemar's exact test on the same test images (first evaluation draw), per seed and pooled:",
+            "McNemar's exact test on the same test images (first evaluation draw), per pair of models "
+            "(seeds A/B) and pooled over the pairs:",
             "",
             "| A | B | per seed | pooled | why |",
             "| --- | --- | --- | --- | --- |",
