@@ -336,18 +336,21 @@ def save_optuna_figure(name: str, study, out: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # these plots are marked experimental
         drawn = getattr(optuna_plots, name)(study)
-        axes = drawn if hasattr(drawn, "figure") else drawn.flat[0]
-        return _save(axes.figure, Path(out), dpi=110)
+        figure = (drawn if hasattr(drawn, "figure") else drawn.flat[0]).figure
+        figure.set_size_inches(max(7.0, 4.5 * len(figure.axes)), 4.5)  # room for each field and colour bar
+        # optuna places its colour bar itself; tight_layout would push the plots under it
+        return _save(figure, Path(out), dpi=110, tight=False)
 
 
-def _save(fig, out: Path, dpi: int = 100) -> Path:
+def _save(fig, out: Path, dpi: int = 100, tight: bool = True) -> Path:
     """Render to memory in the format of ``out``'s suffix (PNG without one), then replace ``out`` in one
     step: an interrupted save leaves the old figure (or none), never half a file."""
     from attention.runs import atomic_write_bytes
 
     buffer = io.BytesIO()
     try:
-        fig.tight_layout()
+        if tight:
+            fig.tight_layout()
         fig.savefig(buffer, dpi=dpi, format=out.suffix[1:] or "png")
     finally:
         plt.close(fig)
