@@ -26,6 +26,7 @@ import fcntl
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -356,6 +357,8 @@ def start_workers(spec: WorkerSpec, workers: int | None) -> int:
         count = workers
     specs = [_with(spec, device=devices[i], threads=threads) for i in range(count)]
     if count == 1:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)  # as in a worker process (see _worker_main)
         return worker(specs[0])
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     processes = [
@@ -367,7 +370,12 @@ def start_workers(spec: WorkerSpec, workers: int | None) -> int:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        # the workers got the same SIGINT: give them time to fail their trials as interrupted
+        # Ctrl-C in a terminal reaches every worker already; a SIGINT sent to this process alone does not
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGINT)
+        # give them time to fail their trials as interrupted
         for process in processes:
             process.join(timeout=30)
             if process.is_alive():
@@ -379,7 +387,13 @@ def start_workers(spec: WorkerSpec, workers: int | None) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _worker_main(spec: WorkerSpec) -> None:
+    # a batch system stops a job with SIGTERM: stop as cleanly as on Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(processName)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
