@@ -356,9 +356,9 @@ def start_workers(spec: WorkerSpec, workers: int | None) -> int:
         threads = max(1, cores // workers) if devices[0] == "cpu" else 1
         count = workers
     specs = [_with(spec, device=devices[i], threads=threads) for i in range(count)]
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # as in a worker process (see _worker_main)
     if count == 1:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _interrupt)  # as in a worker process (see _worker_main)
         return worker(specs[0])
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     processes = [
@@ -370,11 +370,12 @@ def start_workers(spec: WorkerSpec, workers: int | None) -> int:
         for process in processes:
             process.join()
     except KeyboardInterrupt:
-        # Ctrl-C in a terminal reaches every worker already; a SIGINT sent to this process alone does not
+        # Ctrl-C in a terminal reaches every worker already; a signal sent to this process alone does not
+        # (and a shell's background job ignores SIGINT, so pass on SIGTERM, which every worker handles)
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGINT)
+                    os.kill(process.pid, signal.SIGTERM)
         # give them time to fail their trials as interrupted
         for process in processes:
             process.join(timeout=30)

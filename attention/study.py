@@ -99,12 +99,16 @@ class Study:
         raise AttentionError(f"{self.path}: no row labelled '{label}'")
 
     def units(self) -> list[Unit]:
-        """Every row x seed x stage, in the order they can run (a stage after its predecessor)."""
+        """Every row x seed x stage, in the order they run: a stage after its predecessor, and the first
+        seed of every row before the second seed of any: a stopped study already has a whole first table."""
+        depth = max(len(row.stages) for row in self.rows)
+        most_seeds = max(len(row.seeds) for row in self.rows)
         return [
-            Unit(row, seed, stage)
+            Unit(row, row.seeds[index], stage)
+            for stage in range(depth)
+            for index in range(most_seeds)
             for row in self.rows
-            for stage in range(len(row.stages))
-            for seed in row.seeds
+            if stage < len(row.stages) and index < len(row.seeds)
         ]
 
 
