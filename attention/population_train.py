@@ -1,0 +1,529 @@
+"""``fit_population(configs)``: train K runs as one population, each with the run directory ``fit`` writes.
+
+Each trial is the run ``fit(config)`` would train: the same initial weights (``make_model``), its own data
+stream (``TrainingStream`` seeded by ``train.seed``), its own location samples (a generator seeded
+``train.seed + 1``), Adam with its own learning rate and schedule, its own validation, model selection and
+stopping rules, and the same files (config.json, metrics.jsonl, checkpoint.pt every epoch, model.pt,
+result.json). The checkpoint has ``fit``'s format, so a trial stopped in a population resumes alone with
+``fit(..., resume=True)`` and the other way round. What is shared is the step: every layer of every trial
+is one batched product (attention/population.py).
+
+A trial leaves the population when it ends (its epochs done, early stopping, a time budget), when its loss
+or gradient norm becomes non-finite (it fails as ``fit`` would, with the same message) or when its
+``on_epoch`` callback raises (a search's pruner); the others go on. Between epochs the population is rebuilt
+without the trials that left, so they cost nothing afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from attention import AttentionError
+from attention.config import Config, config_hash, flatten, to_dict
+from attention.data.mnist import load_mnist
+from attention.data.tasks import FixedSet, TrainingStream, fixed_set, to_float
+from attention.evaluate import evaluate_model
+from attention.linear import kernel_report
+from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
+from attention.runs import (
+    CHECKPOINT,
+    CONFIG,
+    RESULT,
+    WEIGHTS,
+    atomic_torch_save,
+    git_revision,
+    read_json,
+    read_metrics,
+    run_identity,
+    safe_load,
+    write_json,
+    write_metrics,
+)
+from attention.train import (
+    _diverged,
+    _generator,
+    load_initial_weights,
+    lr_factor,
+    make_model,
+    make_optimizer,
+    new_state,
+    pick_device,
+    record_validation,
+    resolve_config,
+)
+
+log = logging.getLogger(__name__)
+
+PER_TRIAL = ("train.learning_rate", "model.where.std", "train.seed", "train.init_from")
+"""The config fields in which the trials of one population may differ; every other field decides the
+shape of the computation (or the data, the schedule, the evaluation) and must be the same."""
+
+Outcome = dict[str, Any] | BaseException
+"""How a trial ended: its result (as ``fit`` returns it) or the exception that ended it."""
+
+
+def shared_fields(config: Config) -> dict[str, Any]:
+    """The fields a population's trials must share: every field but :data:`PER_TRIAL`."""
+    return {key: value for key, value in flatten(to_dict(config)).items() if key not in PER_TRIAL}
+
+
+def population_mismatch(a: Config, b: Config) -> str | None:
+    """Why ``a`` and ``b`` cannot train in one population (the first differing field), or None."""
+    left, right = shared_fields(a), shared_fields(b)
+    for key in left:
+        if left[key] != right[key]:
+            return f"{key} is {left[key]!r} in one trial and {right[key]!r} in another"
+    return None
+
+
+def check_population(configs: Sequence[Config]) -> None:
+    """Refuse, in one line, configs that cannot train as one population."""
+    if not configs:
+        raise AttentionError("a population needs at least one trial")
+    first = configs[0]
+    if first.model.name != "ram":
+        raise AttentionError(f"a population trains RAM models (model.name 'ram'), not '{first.model.name}'")
+    if first.train.optimizer != "adam":
+        raise AttentionError(f"a population trains with Adam; train.optimizer is '{first.train.optimizer}'")
+    if first.train.compile:
+        raise AttentionError("a population runs eagerly: set train.compile=false")
+    for config in configs[1:]:
+        why = population_mismatch(first, config)
+        if why:
+            raise AttentionError(f"trials of one population may differ only in {', '.join(PER_TRIAL)}; {why}")
+
+
+@dataclass
+class _Trial:
+    """What ``fit`` keeps for one run, for a trial of the population."""
+
+    index: int
+    config: Config
+    run_dir: Path
+    identity: str
+    revision: str | None
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer  # only to read and write checkpoints in fit's format
+    data_generator: torch.Generator
+    sample_generator: torch.Generator
+    stream: TrainingStream
+    init_digest: str | None
+    state: dict[str, Any] = field(default_factory=new_state)
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    moments: dict[str, Any] | None = None  # Adam's state from a checkpoint, until it is in the population
+    diverged: str | None = None
+
+
+@torch.no_grad()
+def population_error_pct(
+    population: PopulationRAM,
+    dataset: FixedSet,
+    *,
+    sample: bool,
+    generators: Sequence[torch.Generator],
+    batch_size: int,
+    device: torch.device,
+) -> list[float]:
+    """:func:`attention.evaluate.error_pct` of every trial on one set, in one pass: each batch is read by
+    all K trials, trial k drawing from ``generators[k]``."""
+    wrong = torch.zeros(population.size, dtype=torch.long, device=device)
+    for images, labels in dataset.batches(batch_size, device):
+        stacked = images.unsqueeze(0).expand(population.size, *images.shape)  # (K, B, C, H, W)
+        rollout = population.unroll(stacked, sample=sample, generators=generators)
+        wrong += (rollout.logits.argmax(dim=2) != labels[None]).sum(dim=1)
+    return [100.0 * w / len(dataset.labels) for w in wrong.tolist()]
+
+
+def fit_population(
+    configs: Sequence[Config],
+    *,
+    run_dirs: Sequence[str | Path] | None = None,
+    runs_dir: str | Path = "runs",
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_end: Callable[[int, Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Train ``configs`` as one population; returns each trial's outcome (its result, or the exception
+    that ended it), in order, and calls ``on_end(k, outcome)`` as soon as trial k ends.
+
+    ``on_epoch(k, row)`` is called with trial k's metrics after each of its epochs, once its checkpoint is
+    written; an exception it raises ends trial k only, leaving its run resumable. A trial whose loss or
+    gradient norm becomes non-finite ends with the :class:`AttentionError` ``fit`` would raise. A trial
+    whose run is finished returns its result without training; an unfinished one continues from its
+    checkpoint (``resume``).
+    """
+    configs = [resolve_config(c) for c in configs]
+    check_population(configs)
+    if run_dirs is not None and len(run_dirs) != len(configs):
+        raise AttentionError(
+            f"{len(configs)} trials need {len(configs)} run directories, got {len(run_dirs)}"
+        )
+    device_ = pick_device(device)
+    mnist = load_mnist(data_dir)
+    outcomes: list[Outcome | None] = [None] * len(configs)
+
+    def end(k: int, outcome: Outcome) -> None:
+        outcomes[k] = outcome
+        if on_end is not None:
+            on_end(k, outcome)
+
+    trials: list[_Trial] = []
+    for k, config in enumerate(configs):
+        directory = Path(run_dirs[k]) if run_dirs is not None else Path(runs_dir) / config_hash(config)
+        try:
+            trial = _open_trial(k, config, directory, mnist, device_, resume)
+        except AttentionError as error:
+            end(k, error)
+            continue
+        if isinstance(trial, dict):  # finished before: its result
+            end(k, trial)
+        else:
+            trials.append(trial)
+    if not trials:
+        return outcomes  # type: ignore[return-value]
+
+    first = trials[0].config
+    t = first.train
+    validation = fixed_set(mnist, first.data, "validation")
+    steps_per_epoch = math.ceil(len(trials[0].stream) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+    population, optimizer = _assemble(trials)
+    while trials:
+        started = time.perf_counter()
+        epochs = [trial.state["epoch"] for trial in trials]
+        size = len(trials)
+        with tqdm(
+            total=steps_per_epoch,
+            disable=not progress,
+            leave=False,
+            desc=f"population of {size}, epochs {min(epochs) + 1}-{max(epochs) + 1}/{t.epochs}",
+        ) as bar:
+            training = _train_epoch(population, optimizer, trials, steps_per_epoch, total_steps, device_, bar)
+        val_errors = population_error_pct(
+            population,
+            validation,
+            sample=False,
+            generators=[_generator(first.data.validation_seed, device_) for _ in trials],
+            batch_size=t.eval_batch_size,
+            device=device_,
+        )
+        epoch_seconds = time.perf_counter() - started
+        leaving: list[int] = []
+        for k, trial in enumerate(trials):
+            if trial.diverged is not None:
+                end(trial.index, AttentionError(trial.diverged))
+                leaving.append(k)
+                continue
+            outcome = _end_epoch(trial, k, population, optimizer, training[k], val_errors[k], epoch_seconds)
+            try:
+                if on_epoch is not None:
+                    on_epoch(trial.index, trial.metrics[-1])
+            except (
+                Exception
+            ) as error:  # the caller's decision (a pruner, an abandoned trial): this trial only
+                end(trial.index, error)
+                leaving.append(k)
+                continue
+            if outcome:
+                end(trial.index, _finish(trial, mnist, device_, size))
+                leaving.append(k)
+        if leaving:
+            trials = [trial for k, trial in enumerate(trials) if k not in leaving]
+            if trials:
+                population, optimizer = _reassemble(population, optimizer, trials, leaving)
+    return outcomes  # type: ignore[return-value]
+
+
+def _open_trial(
+    k: int, config: Config, run_dir: Path, mnist: Any, device: torch.device, resume: bool
+) -> _Trial | dict[str, Any]:
+    """``fit``'s prologue for one trial: its finished result, or everything to train it."""
+    identity = config_hash(config)
+    revision = git_revision()
+    checkpoint_path = run_dir / CHECKPOINT
+    if (run_dir / CONFIG).exists():
+        if run_identity(run_dir) != identity:
+            raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
+        if (run_dir / RESULT).exists():
+            return read_json(run_dir / RESULT)
+        if checkpoint_path.exists() and not resume:
+            raise AttentionError(
+                f"{run_dir} holds an unfinished run: pass --resume to continue it, "
+                "or delete the directory to start again"
+            )
+    model = make_model(config, device)
+    init_from = config.train.init_from
+    init_digest = load_initial_weights(model, init_from, device) if init_from else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG).exists():
+        write_json(run_dir / CONFIG, to_dict(config))
+    data_generator = torch.Generator().manual_seed(config.train.seed)
+    trial = _Trial(
+        index=k,
+        config=config,
+        run_dir=run_dir,
+        identity=identity,
+        revision=revision,
+        model=model,
+        optimizer=make_optimizer(config, model),
+        data_generator=data_generator,
+        sample_generator=_generator(config.train.seed + 1, device),
+        stream=TrainingStream(mnist, config.data, data_generator),
+        init_digest=init_digest,
+    )
+    trial.best_weights = _copy(model.state_dict())
+    if resume and checkpoint_path.exists():
+        saved = safe_load(checkpoint_path, map_location=device)
+        if saved.get("device_type", "cpu") != device.type:
+            raise AttentionError(
+                f"{checkpoint_path} was written on {saved.get('device_type')}; resume it with "
+                f"--device {saved.get('device_type')} (its random streams belong to that device)"
+            )
+        model.load_state_dict(saved["model"])
+        trial.optimizer.load_state_dict(saved["optimizer"])
+        trial.moments = _moments_of(trial)
+        trial.best_weights = saved["best_model"]
+        data_generator.set_state(saved["data_generator"])
+        trial.sample_generator.set_state(saved["sample_generator"])
+        trial.state.update(saved["state"])
+        trial.metrics = read_metrics(run_dir)[: trial.state["epoch"]]
+        log.info("resuming %s after epoch %d", run_dir, trial.state["epoch"])
+    return trial
+
+
+def _assemble(trials: list[_Trial]) -> tuple[PopulationRAM, PopulationAdam]:
+    population = PopulationRAM.from_models([trial.model for trial in trials])
+    t = trials[0].config.train
+    optimizer = PopulationAdam(
+        population,
+        learning_rates=[trial.config.train.learning_rate for trial in trials],
+        weight_decay=t.weight_decay,
+    )
+    for k, trial in enumerate(trials):
+        if trial.moments is not None:
+            optimizer.load_trial_state(k, trial.moments)
+            trial.moments = None
+    return population, optimizer
+
+
+def _reassemble(
+    population: PopulationRAM, optimizer: PopulationAdam, staying: list[_Trial], leaving: list[int]
+) -> tuple[PopulationRAM, PopulationAdam]:
+    """The population without the trials at ``leaving``: each staying trial's weights and Adam state move
+    into a smaller one, so the trials that left cost nothing from now on."""
+    kept = [k for k in range(population.size) if k not in leaving]
+    for k, trial in zip(kept, staying, strict=True):
+        trial.model.load_state_dict(population.trial_state(k))
+        trial.moments = optimizer.trial_state(k)
+    return _assemble(staying)
+
+
+def _train_epoch(
+    population: PopulationRAM,
+    optimizer: PopulationAdam,
+    trials: list[_Trial],
+    steps_per_epoch: int,
+    total_steps: int,
+    device: torch.device,
+    bar: tqdm,
+) -> list[dict[str, float]]:
+    """One epoch of every trial (each its own next epoch), as ``train_epoch`` runs it for one."""
+    t = trials[0].config.train
+    size = len(trials)
+    started = time.perf_counter()
+    keys = ("loss", "cross_entropy", "reinforce", "baseline", "reward", "errors")
+    sums = torch.zeros(len(keys), size, dtype=torch.float64, device=device)
+    seen = 0
+    active = [trial.diverged is None for trial in trials]
+    rates = [trial.config.train.learning_rate for trial in trials]
+    batches = zip(*(trial.stream.epoch(t.batch_size) for trial in trials), strict=True)
+    for step, pairs in enumerate(batches):
+        for k, trial in enumerate(trials):
+            epoch = trial.state["epoch"]
+            progress_ = (epoch * steps_per_epoch + step) / total_steps
+            factor = lr_factor(trial.config, progress_, epoch, trial.state["plateau_factor"])
+            rates[k] = optimizer.learning_rates[k] = trial.config.train.learning_rate * factor
+        images = torch.stack([to_float(raw, device) for raw, _ in pairs])  # (K, B, 1, S, S)
+        labels = torch.stack([targets for _, targets in pairs]).to(device)  # (K, B)
+        rollout = population.unroll(
+            images, sample=True, generators=[trial.sample_generator for trial in trials]
+        )
+        terms = hybrid_per_trial(
+            rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
+        )
+        totals = terms.total.detach()
+        finite = torch.isfinite(totals).tolist()
+        for k, trial in enumerate(trials):
+            if active[k] and not finite[k]:
+                trial.diverged = _diverged(
+                    "loss", totals[k].item(), trial.state["epoch"], step, trial.run_dir
+                )
+                active[k] = False
+        mask = torch.tensor(active, device=device)
+        # a masked trial's loss is left out by selection, not by multiplying with 0 (0 * NaN is NaN)
+        optimizer.zero_grad()
+        torch.where(mask, terms.total, torch.zeros((), device=device)).sum().backward()
+        grad = population.flat_grad()  # (K, P)
+        norms = grad.pow(2).sum(dim=1).sqrt()
+        norm_finite = torch.isfinite(norms).tolist()
+        for k, trial in enumerate(trials):
+            if active[k] and not norm_finite[k]:
+                trial.diverged = _diverged(
+                    "gradient norm", norms[k].item(), trial.state["epoch"], step, trial.run_dir
+                )
+                active[k] = False
+        if t.grad_clip is not None:  # clip_grad_norm_'s rule, per trial
+            grad = grad * (t.grad_clip / (norms + 1e-6)).clamp(max=1.0)[:, None]
+        optimizer.step(grad, active)
+        n = labels.shape[1]
+        seen += n
+        values = torch.stack(
+            [totals, terms.cross_entropy, terms.reinforce, terms.baseline, terms.reward, terms.errors / n]
+        ).detach()
+        sums += values.double() * n
+        bar.update()
+    elapsed = time.perf_counter() - started
+    per_trial = (sums / seen).tolist()
+    rows = []
+    for k in range(size):
+        rows.append(
+            {
+                "lr": rates[k],
+                "train_loss": per_trial[0][k],
+                "cross_entropy": per_trial[1][k],
+                "reinforce": per_trial[2][k],
+                "baseline_mse": per_trial[3][k],
+                "mean_reward": per_trial[4][k],
+                "train_error_pct": 100 * per_trial[5][k],
+                # images of this trial per second of the shared epoch; the population's is size times it
+                "train_images_per_s": seen / elapsed,
+            }
+        )
+    return rows
+
+
+def _end_epoch(
+    trial: _Trial,
+    k: int,
+    population: PopulationRAM,
+    optimizer: PopulationAdam,
+    training: dict[str, float],
+    val_error: float,
+    epoch_seconds: float,
+) -> bool:
+    """Record trial k's epoch as ``fit`` does (selection, stopping rules, metrics, checkpoint); returns
+    whether the trial has ended."""
+    state = trial.state
+    state["epoch"] += 1
+    state["train_seconds"] += epoch_seconds
+    weights = population.trial_state(k)
+    if record_validation(state, val_error, trial.config):
+        trial.best_weights = weights
+    trial.metrics.append(
+        {
+            "epoch": state["epoch"],
+            **training,
+            "val_error_pct": val_error,
+            "seconds": epoch_seconds,
+            "elapsed_seconds": state["train_seconds"],
+        }
+    )
+    write_metrics(trial.run_dir, trial.metrics)
+    trial.model.load_state_dict(weights)
+    atomic_torch_save(
+        trial.run_dir / CHECKPOINT,
+        {
+            "model": weights,
+            "optimizer": _torch_optimizer_state(trial, optimizer.trial_state(k), training["lr"]),
+            "best_model": trial.best_weights,
+            "data_generator": trial.data_generator.get_state(),
+            "sample_generator": trial.sample_generator.get_state(),
+            "state": state,
+            "device_type": population.flat.device.type,
+        },
+    )
+    log.info(
+        "%s epoch %d: loss %.4f train error %.2f%% val error %.2f%%",
+        trial.run_dir.name,
+        state["epoch"],
+        training["train_loss"],
+        training["train_error_pct"],
+        val_error,
+    )
+    return state["stopped"] is not None or state["epoch"] >= trial.config.train.epochs
+
+
+def _torch_optimizer_state(trial: _Trial, moments: dict[str, Any], lr: float) -> dict[str, Any]:
+    """Trial's Adam state as ``torch.optim.Adam.state_dict()`` of its single model (fit's checkpoint),
+    with the learning rate of its last step as ``fit`` leaves it."""
+    optimizer = trial.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    params = list(trial.model.parameters())
+    for p, exp_avg, exp_avg_sq in zip(params, moments["exp_avg"], moments["exp_avg_sq"], strict=True):
+        # fused Adam keeps its step count as a float32 tensor on the parameter's device
+        step = torch.tensor(float(moments["step"]), dtype=torch.float32, device=p.device)
+        optimizer.state[p] = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    return optimizer.state_dict()
+
+
+def _moments_of(trial: _Trial) -> dict[str, Any] | None:
+    """The Adam state loaded from a checkpoint into the trial's torch optimizer, in the population's form."""
+    params = list(trial.model.parameters())
+    states = [trial.optimizer.state.get(p) for p in params]
+    if not all(states):
+        return None
+    return {
+        "step": int(states[0]["step"].item()),
+        "exp_avg": [s["exp_avg"] for s in states],
+        "exp_avg_sq": [s["exp_avg_sq"] for s in states],
+    }
+
+
+def _finish(trial: _Trial, mnist: Any, device: torch.device, population_size: int) -> dict[str, Any]:
+    """``fit``'s epilogue: the best weights to model.pt, the test evaluation and result.json."""
+    model, state, t = trial.model, trial.state, trial.config.train
+    model.load_state_dict(trial.best_weights)
+    atomic_torch_save(trial.run_dir / WEIGHTS, trial.best_weights)
+    evaluation = evaluate_model(model, trial.config, mnist, device=device)
+    result = {
+        **evaluation,
+        "config_hash": trial.identity,
+        "seed": t.seed,
+        "model": trial.config.model.name,
+        "epochs_run": state["epoch"],
+        "epochs_budget": t.epochs,
+        "time_budget_s": t.time_budget_s,
+        "stopped_because": state["stopped"] or "epochs",
+        "best_epoch": state["best_epoch"],
+        "validation_error_pct": state["best_error"],
+        "train_seconds": state["train_seconds"],
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "kernel": kernel_report(),
+        "git_revision": trial.revision,
+        "init_from_sha256": trial.init_digest,
+        # trained in a population of this many trials at its last epoch: train_seconds is the wall time of
+        # the shared epochs, not this trial's share of them
+        "population_size": population_size,
+    }
+    write_json(trial.run_dir / RESULT, result)
+    return result
+
+
+def _copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in weights.items()}
