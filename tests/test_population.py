@@ -1,0 +1,247 @@
+"""A population of K RAMs trains each trial as it trains alone (attention/population.py, population_train.py).
+
+Tolerances: the batched products round like the per-trial ones (checked exactly below); what differs is the
+order of a few reductions (the loss means, the gradient norm) and Adam's elementwise arithmetic, a few
+float32 ulps per step. After the short trainings here the largest difference seen was about 1e-7 in a weight
+of order 0.1; the tests allow rtol=1e-5, atol=1e-6, well below any change a real bug makes (a wrong
+generator, std or learning rate moves weights by 1e-4 or more).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attention import AttentionError
+from attention.config import Config, with_overrides
+from attention.population import PopulationAdam, PopulationRAM, _stacked_linear
+from attention.population_train import check_population, fit_population
+from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, safe_load
+from attention.train import fit, make_model, make_optimizer, resolve_config
+
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+TINY = {
+    "data.train_limit": 48,
+    "data.eval_limit": 50,
+    "train.batch_size": 16,
+    "train.epochs": 2,
+    "model.num_glimpses": 2,
+    "model.glimpse.image_hidden": 32,
+    "model.glimpse.location_hidden": 16,
+    "model.glimpse.output_size": 64,
+    "model.core.hidden_size": 64,
+}
+# (seed, learning rate, location std) of the three trials
+TRIALS = [(0, 1e-3, 0.1), (1, 3e-3, 0.2), (2, 1e-4, 0.05)]
+
+
+def tiny(seed: int, learning_rate: float, std: float, **more: object) -> Config:
+    overrides = {
+        **TINY,
+        "train.seed": seed,
+        "train.learning_rate": learning_rate,
+        "model.where.std": std,
+        **more,
+    }
+    return resolve_config(with_overrides(Config(), overrides))
+
+
+def models_and_population(configs: list[Config]) -> tuple[list[torch.nn.Module], PopulationRAM]:
+    models = [make_model(config, torch.device("cpu")) for config in configs]
+    return models, PopulationRAM.from_models(models)
+
+
+def images_and_labels(k: int, batch: int, size: int = 28, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(k, batch, 1, size, size, generator=generator), torch.randint(
+        10, (k, batch), generator=generator
+    )
+
+
+def test_stacked_linear_rounds_as_each_trials_own_product():
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(*s, generator=generator) for s in ((3, 16, 40), (3, 24, 40), (3, 24)))
+    out = _stacked_linear(x, weight, bias)
+    assert out.shape == (3, 16, 24)
+    for k in range(3):
+        torch.testing.assert_close(out[k], F.linear(x[k], weight[k], bias[k]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        {},
+        {"model.core.name": "lstm"},
+        {
+            "model.reader.name": "filterbank",
+            "model.where.policy": "deterministic",
+            "model.where.bound": "tanh",
+        },
+        {"model.where.policy": "random", "model.where.initial": "center"},
+    ],
+    ids=["retina-rnn", "retina-lstm", "filterbank", "random-glimpses"],
+)
+def test_each_trial_of_an_unroll_is_its_model_alone_with_its_own_generator(more):
+    configs = [tiny(*trial, **more) for trial in TRIALS]
+    models, population = models_and_population(configs)
+    images, _ = images_and_labels(3, 8)
+    rollout = population.unroll(images, generators=[torch.Generator().manual_seed(s) for s, *_ in TRIALS])
+    steps = configs[0].model.num_glimpses
+    where_dim = models[0].reader.where_dim
+    assert rollout.logits.shape == (3, 8, 10)
+    assert rollout.where.shape == rollout.where_mean.shape == (3, steps, 8, where_dim)
+    policy_steps = steps - 1 if models[0].learns_by_reinforce else 0
+    assert rollout.log_probs.shape == rollout.baselines.shape == (3, policy_steps, 8)
+    for k, model in enumerate(models):
+        alone = model.unroll(images[k], sample=True, generator=torch.Generator().manual_seed(TRIALS[k][0]))
+        for name in ("logits", "where", "where_mean", "log_probs", "baselines"):
+            torch.testing.assert_close(getattr(rollout.trial(k), name), getattr(alone, name), **TOLERANCE)
+
+
+def test_population_adam_gives_each_trial_what_torch_adam_gives_it_alone():
+    configs = [tiny(*trial) for trial in TRIALS]
+    models, population = models_and_population(configs)
+    alone = [make_optimizer(config, model) for config, model in zip(configs, models, strict=True)]
+    optimizer = PopulationAdam(population, learning_rates=[lr for _, lr, _ in TRIALS])
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=generator) for p in population.params]  # (K, *shape)
+        for k, (model, torch_adam) in enumerate(zip(models, alone, strict=True)):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g[k].clone()
+            torch_adam.step()
+        for p, g in zip(population.params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step(population.flat_grad(), [True] * 3)
+    for k, model in enumerate(models):
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(population.trial_state(k)[name], p.detach(), **TOLERANCE)
+
+
+def test_per_trial_learning_rate_and_std_really_differ():
+    # two trials with the same seed and weights: only the learning rate and the std tell them apart
+    configs = [tiny(0, 1e-3, 0.05), tiny(0, 1e-2, 0.3)]
+    models, population = models_and_population(configs)
+    images, labels = images_and_labels(2, 64)
+    generators = [torch.Generator().manual_seed(7) for _ in configs]
+    rollout = population.unroll(images, generators=generators)
+    # the same normal draws scaled by each trial's std (away from the clamp at the border)
+    noise = rollout.where[:, 1:] - rollout.where_mean[:, 1:].detach()
+    inside = (rollout.where[:, 1:].abs() < 1).all(dim=0)
+    ratio = noise[1][inside] / noise[0][inside]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, 0.3 / 0.05), rtol=1e-3, atol=0)
+    # Adam's first step moves each parameter with a gradient by its learning rate (m / sqrt(v) = sign(g))
+    optimizer = PopulationAdam(population, learning_rates=[1e-3, 1e-2])
+    before = population.flat.clone()
+    grad = torch.ones_like(population.flat)
+    optimizer.step(grad, [True, True])
+    moved = (before - population.flat).abs()
+    torch.testing.assert_close(moved[0], torch.full_like(moved[0], 1e-3), rtol=1e-3, atol=0)
+    torch.testing.assert_close(moved[1], torch.full_like(moved[1], 1e-2), rtol=1e-3, atol=0)
+
+
+def test_an_inactive_trial_is_untouched_even_by_a_nan_gradient():
+    configs = [tiny(*trial) for trial in TRIALS]
+    _, population = models_and_population(configs)
+    optimizer = PopulationAdam(population, learning_rates=[1e-3] * 3)
+    before = population.flat.clone()
+    grad = torch.ones_like(population.flat)
+    grad[1] = math.nan
+    optimizer.step(grad, [True, False, True])
+    assert torch.equal(population.flat[1], before[1])
+    assert optimizer.steps == [1, 0, 1]
+    assert torch.isfinite(optimizer.exp_avg).all() and torch.isfinite(population.flat).all()
+    assert not torch.equal(population.flat[0], before[0])
+
+
+def test_trials_that_differ_in_more_than_the_per_trial_fields_are_refused_in_one_line():
+    with pytest.raises(AttentionError, match="may differ only in") as error:
+        check_population([tiny(0, 1e-3, 0.1), tiny(1, 1e-3, 0.1, **{"model.num_glimpses": 3})])
+    assert "\n" not in str(error.value) and "model.num_glimpses" in str(error.value)
+    with pytest.raises(AttentionError, match="Adam"):
+        check_population([tiny(0, 1e-3, 0.1, **{"train.optimizer": "sgd"})])
+    with pytest.raises(AttentionError, match=r"\(K=2"):
+        _, population = models_and_population([tiny(0, 1e-3, 0.1), tiny(1, 1e-3, 0.1)])
+        population.unroll(torch.zeros(3, 2, 1, 28, 28), generators=[None, None])
+
+
+@pytest.fixture(scope="module")
+def alone_runs(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The three trials trained alone by ``fit``: the reference the population must reach."""
+    root = tmp_path_factory.mktemp("alone")
+    for k, trial in enumerate(TRIALS):
+        fit(tiny(*trial), run_dir=root / f"trial{k}", data_dir=mnist_dir, progress=False)
+    return [root / f"trial{k}" for k in range(len(TRIALS))]
+
+
+def test_a_population_of_three_ends_with_the_weights_of_its_trials_trained_alone(
+    mnist_dir, tmp_path, alone_runs
+):
+    run_dirs = [tmp_path / f"trial{k}" for k in range(len(TRIALS))]
+    outcomes = fit_population(
+        [tiny(*trial) for trial in TRIALS], run_dirs=run_dirs, data_dir=mnist_dir, progress=False
+    )
+    for k, (alone, together) in enumerate(zip(alone_runs, run_dirs, strict=True)):
+        assert isinstance(outcomes[k], dict), outcomes[k]
+        for name in (CHECKPOINT, WEIGHTS, RESULT, "config.json", "metrics.jsonl"):
+            assert (together / name).is_file()
+        last_alone, last_together = safe_load(alone / CHECKPOINT), safe_load(together / CHECKPOINT)
+        for key in ("model", "best_model"):
+            for name, value in last_alone[key].items():
+                torch.testing.assert_close(last_together[key][name], value, **TOLERANCE)
+        # the Adam state is written in fit's format, so either path resumes the other's checkpoint
+        for i, state in last_alone["optimizer"]["state"].items():
+            moments = last_together["optimizer"]["state"][i]
+            assert moments["step"] == state["step"]
+            torch.testing.assert_close(moments["exp_avg_sq"], state["exp_avg_sq"], **TOLERANCE)
+        assert last_together["state"]["epoch"] == last_alone["state"]["epoch"] == 2
+        result_alone, result_together = read_json(alone / RESULT), read_json(together / RESULT)
+        for key in ("validation_error_pct", "test_error_pct", "best_epoch", "config_hash"):
+            assert result_together[key] == result_alone[key]
+        assert result_together["population_size"] == 3
+
+
+def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir, tmp_path, alone_runs):
+    # trial 1 diverges (a learning rate no model survives), trial 2's callback stops it after epoch 1 as a
+    # pruner would; trial 0 must still end exactly where it ends alone
+    configs = [tiny(*TRIALS[0]), tiny(5, 1e30, 0.1), tiny(*TRIALS[2])]
+    run_dirs = [tmp_path / f"trial{k}" for k in range(3)]
+
+    class Pruned(Exception):
+        pass
+
+    def on_epoch(k: int, row: dict) -> None:
+        if k == 2:
+            raise Pruned(f"pruned after epoch {row['epoch']}")
+
+    ended: list[int] = []
+    outcomes = fit_population(
+        configs,
+        run_dirs=run_dirs,
+        data_dir=mnist_dir,
+        progress=False,
+        on_epoch=on_epoch,
+        on_end=lambda k, _: ended.append(k),
+    )
+    assert isinstance(outcomes[1], AttentionError) and "became" in str(outcomes[1])
+    assert isinstance(outcomes[2], Pruned)
+    assert not (run_dirs[2] / RESULT).exists() and safe_load(run_dirs[2] / CHECKPOINT)["state"]["epoch"] == 1
+    assert isinstance(outcomes[0], dict) and sorted(ended) == [0, 1, 2] and ended[-1] == 0
+    together, alone = (
+        safe_load(run_dirs[0] / CHECKPOINT)["model"],
+        safe_load(alone_runs[0] / CHECKPOINT)["model"],
+    )
+    for name, value in alone.items():
+        torch.testing.assert_close(together[name], value, **TOLERANCE)
+    # the pruned trial continues alone from the population's checkpoint to the same weights
+    fit(configs[2], run_dir=run_dirs[2], data_dir=mnist_dir, progress=False, resume=True)
+    resumed, reference = (
+        safe_load(run_dirs[2] / CHECKPOINT)["model"],
+        safe_load(alone_runs[2] / CHECKPOINT)["model"],
+    )
+    for name, value in reference.items():
+        torch.testing.assert_close(resumed[name], value, **TOLERANCE)
