@@ -234,7 +234,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         raise AttentionError("use 'attention search FILE [options]' or 'attention search report FILE'")
     from attention.search import run_search
 
-    summary = run_search(words[0], trials=args.trials, **_engine_options(args))
+    summary = run_search(words[0], trials=args.trials, population=args.population, **_engine_options(args))
     counts = ", ".join(f"{v} {k}" for k, v in summary.items() if k != "storage")
     print(f"search {words[0]}: {counts} (storage {summary['storage']})")
 
@@ -377,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--trials", type=_positive_int, help="cap on the trials (default: the file's count)")
     search.add_argument("--out-dir", help="search report: where to write (default: results/studies/<name>)")
     search.add_argument("--recipe-out", help="search report: write the best recipe here too")
+    search.add_argument(
+        "--population",
+        type=_positive_int,
+        default=1,
+        help="train up to K trials together as one model per worker (default 1: one trial at a time)",
+    )
     engine(search)
     search.set_defaults(func=cmd_search)
 

@@ -190,9 +190,16 @@ def reap_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, stale_
     return reaped
 
 
-def claim(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
-    """Take one WAITING trial (atomically: another worker may take it first), or None if none waits."""
+def claim(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    accept: Callable[[optuna.trial.FrozenTrial], bool] | None = None,
+) -> optuna.Trial | None:
+    """Take one WAITING trial (atomically: another worker may take it first), or None if none waits;
+    with ``accept``, only a trial it accepts (a population takes only trials it can train together)."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if accept is not None and not accept(trial):
+            continue
         if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
             storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
             return optuna.Trial(study, trial._trial_id)
@@ -256,6 +263,8 @@ class WorkerSpec:
     heartbeat_s: float = 30.0
     stale_after_s: float = 300.0
     poll_s: float = 5.0
+    population: int = 1
+    """A search's trials trained together by each worker, as one population (attention/population.py)."""
 
 
 def _execute(spec: WorkerSpec) -> tuple[Callable[[optuna.Trial], float], Callable[[], None], Any]:
@@ -278,6 +287,10 @@ def worker(spec: WorkerSpec) -> int:
 
     if spec.device == "cpu" or not spec.device.startswith("cuda"):
         torch.set_num_threads(spec.threads)
+    if spec.population > 1:
+        from attention.population_search import population_worker
+
+        return population_worker(spec)
     execute, refill, (study, storage) = _execute(spec)
     ran = 0
     while True:

@@ -180,9 +180,7 @@ def items(search: Search) -> list[Item]:
 
 def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
     """What a worker runs for a search (see :func:`attention.engine.worker`)."""
-    from attention.config import config_hash
-    from attention.runs import find_run
-    from attention.train import fit, resolve_config
+    from attention.train import fit
 
     search = load_search(spec.file, smoke=spec.smoke)
     if spec.trials is not None:
@@ -203,17 +201,10 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
         enqueue(study, items(search))
 
     def execute(trial: optuna.Trial) -> float:
-        params = {key: _suggest(trial, key, dist) for key, dist in search.space.items()}
-        config = resolve_config(search.config(params))
-        run_dir = find_run(config, runs_dir, missing_ok=True) or runs_dir / config_hash(config)
-        trial.set_user_attr("run_dir", str(run_dir))
-        log.warning("trial %d (%s): %s -> %s", trial.number, trial.user_attrs.get(KEY), params, run_dir)
+        config, run_dir = trial_run(search, trial, runs_dir)
 
         def report(row: dict[str, Any]) -> None:
-            check_still_running(trial)
-            trial.report(row["val_error_pct"], row["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+            report_epoch(trial, row)
 
         result = fit(
             config,
@@ -227,6 +218,29 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
         return float(result["validation_error_pct"])
 
     return execute, refill, (study, storage)
+
+
+def report_epoch(trial: optuna.Trial, row: dict[str, Any]) -> None:
+    """After each epoch of a trial: stop if it was failed as stale meanwhile, report its validation error
+    to the pruner, and raise ``optuna.TrialPruned`` if the pruner stops it."""
+    check_still_running(trial)
+    trial.report(row["val_error_pct"], row["epoch"])
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
+
+
+def trial_run(search: Search, trial: optuna.Trial, runs_dir: Path) -> tuple[Config, Path]:
+    """A claimed trial's config and run directory (recorded on the trial as ``run_dir``)."""
+    from attention.config import config_hash
+    from attention.runs import find_run
+    from attention.train import resolve_config
+
+    params = {key: _suggest(trial, key, dist) for key, dist in search.space.items()}
+    config = resolve_config(search.config(params))
+    run_dir = find_run(config, runs_dir, missing_ok=True) or runs_dir / config_hash(config)
+    trial.set_user_attr("run_dir", str(run_dir))
+    log.warning("trial %d (%s): %s -> %s", trial.number, trial.user_attrs.get(KEY), params, run_dir)
+    return config, run_dir
 
 
 def _suggest(trial: optuna.Trial, key: str, distribution: optuna.distributions.BaseDistribution) -> Any:
@@ -257,14 +271,25 @@ def run_search(
     progress: bool = True,
     heartbeat_s: float = 30.0,
     stale_after_s: float = 300.0,
+    population: int = 1,
 ) -> dict[str, Any]:
-    """Run a search's trials that have not run yet (``trials`` overrides the file's count: the cap)."""
+    """Run a search's trials that have not run yet (``trials`` overrides the file's count: the cap).
+    ``population`` K > 1: each worker claims up to K waiting trials and trains them as one population;
+    on the CPU the default is then one worker with every core's thread (one larger population keeps
+    the cores busier than several small ones)."""
     import tempfile
 
     path = Path(path)
     search = load_search(path, smoke=smoke)
     if trials is not None and trials < 1:
         raise AttentionError("--trials must be >= 1")
+    if population < 1:
+        raise AttentionError(f"--population must be >= 1, got {population}")
+    if population > 1 and workers is None:
+        import torch
+
+        if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+            workers = 1
     if smoke and storage is None:
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{search.name}-"))
         storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
@@ -282,6 +307,7 @@ def run_search(
         heartbeat_s=heartbeat_s,
         stale_after_s=stale_after_s,
         trials=trials,
+        population=population,
     )
     _, refill, (study, backend) = work(spec)
     with storage_lock(storage, backend):

@@ -245,3 +245,53 @@ def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir
     )
     for name, value in reference.items():
         torch.testing.assert_close(resumed[name], value, **TOLERANCE)
+
+
+def test_a_search_with_populations_runs_each_draw_once_as_its_own_trial(mnist_dir, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from attention.engine import KEY, open_storage
+    from attention.search import draws, load_search, run_search
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.toml").write_text('[data]\ntask = "mnist"\n')
+    budget = ", ".join(f'"{key}" = {value}' for key, value in TINY.items())
+    search_file = tmp_path / "tiny-search.toml"
+    search_file.write_text(
+        f"""recipe = "recipes/tiny.toml"
+trials = 4
+seed = 5
+set = {{ {budget} }}
+[space."train.learning_rate"]
+low = 1e-4
+high = 1e-2
+log = true
+[space."model.where.std"]
+low = 0.03
+high = 0.3
+log = true
+[pruner]
+name = "median"
+startup_trials = 1
+"""
+    )
+    storage = f"journal:{tmp_path / 'search.journal'}"
+    options = {"storage": storage, "runs_dir": tmp_path / "runs", "data_dir": mnist_dir, "progress": False}
+    run_search(search_file, population=3, **options)  # one worker: a population of 3, then one of 1
+    trials = optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()
+    assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    drawn = draws(load_search(search_file))
+    for trial in trials:
+        assert trial.params == drawn[int(trial.user_attrs[KEY].split()[1])]
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert (run_dir / "config.json").is_file() and len(trial.intermediate_values) >= 1
+        if trial.state == TrialState.COMPLETE:
+            assert read_json(run_dir / RESULT)["validation_error_pct"] == trial.value
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    sizes = {read_json(Path(t.user_attrs["run_dir"]) / RESULT)["population_size"] for t in complete}
+    assert sizes <= {1, 2, 3} and complete
+    run_search(search_file, population=3, **options)
+    assert len(optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()) == 4
+    with pytest.raises(AttentionError, match="population"):
+        run_search(search_file, population=0, **options)
