@@ -149,6 +149,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.figure and args.no_scaling:
         raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")
+    if args.population:
+        _bench_population(args)
+        return
     result = bench.run(
         quick=args.quick,
         compiled=not args.no_compile,
@@ -175,6 +178,38 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.figure:
         bench.save_scaling_figure(result, Path(args.figure))
         print(f"wrote {args.figure}")
+
+
+def _bench_population(args: argparse.Namespace) -> None:
+    """``bench --population K``: only the comparison of a population with the same trials alone."""
+    from attention import bench
+    from attention.bench_population import format_population, measure_population
+    from attention.runs import write_json
+    from attention.train import pick_device
+
+    device = pick_device(args.device)
+    cases = [c for c in bench.TRAINING_CASES if args.cases is None or args.cases in c.name]
+    if not cases:
+        raise AttentionError(f"no training case matches '{args.cases}'")
+    case = cases[0]
+    rows = measure_population(
+        case.overrides,
+        size=args.population,
+        device=str(device),
+        window_s=3.0 if args.quick else 10.0,
+        rounds=1 if args.quick else (args.rounds or 2),
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    result = {
+        "machine": bench.machine(device),
+        "population": {"case": case.name, "size": args.population, "rows": rows},
+    }
+    print("\n".join([*bench.describe_kernel(result["machine"]["linear_kernel"]), f"Case: {case.name}"]))
+    print("\n".join(format_population(rows)))
+    print(f"load average at the end: {result['machine']['load_average']}")
+    if args.json:
+        write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
 
 
 def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -404,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--layouts",
         action="store_true",
         help="also measure how to split the cores between training processes (workers x threads)",
+    )
+    bench.add_argument(
+        "--population",
+        type=_positive_int,
+        metavar="K",
+        help="only compare a population of K trials with the same trials alone (images/s summed over "
+        "the trials; the first case, or the first that --cases names)",
     )
     data_dir(bench)
     device(bench)

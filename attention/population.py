@@ -394,10 +394,12 @@ class PopulationAdam:
         """One Adam step with ``grad`` (K, P) (:meth:`PopulationRAM.flat_grad`, after any clipping)."""
         beta1, beta2 = self.betas
         flat = self.population.flat
-        mask = torch.tensor(list(active), device=flat.device)[:, None]  # (K, 1)
-        # an inactive trial's gradient may be NaN: zero it so its moments stay finite, then give it a step
-        # of size 0 and keep its moments as they were
-        grad = torch.where(mask, grad, torch.zeros((), device=flat.device))
+        everyone = all(active)
+        if not everyone:
+            mask = torch.tensor(list(active), device=flat.device)[:, None]  # (K, 1)
+            # an inactive trial's gradient may be NaN: zero it so its moments stay finite, then give it a
+            # step of size 0 and keep its moments as they were
+            grad = torch.where(mask, grad, torch.zeros((), device=flat.device))
         if self.weight_decay:
             grad = grad.add(flat, alpha=self.weight_decay)
         step_sizes, root_corrections = [], []
@@ -409,13 +411,15 @@ class PopulationAdam:
             root_corrections.append(math.sqrt(1 - beta2**t))
         step_size = torch.tensor(step_sizes, device=flat.device)[:, None]
         root_correction = torch.tensor(root_corrections, device=flat.device)[:, None]
-        exp_avg = torch.where(mask, self.exp_avg.lerp(grad, 1 - beta1), self.exp_avg)
-        exp_avg_sq = torch.where(
-            mask, self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2), self.exp_avg_sq
-        )
-        self.exp_avg, self.exp_avg_sq = exp_avg, exp_avg_sq
-        denom = (exp_avg_sq.sqrt() / root_correction).add_(self.eps)
-        flat.addcdiv_(exp_avg * step_size, denom, value=-1.0)
+        if everyone:  # the usual step: in place, a few passes over the (K, P) buffers
+            self.exp_avg.lerp_(grad, 1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        else:
+            self.exp_avg = torch.where(mask, self.exp_avg.lerp(grad, 1 - beta1), self.exp_avg)
+            moved = self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+            self.exp_avg_sq = torch.where(mask, moved, self.exp_avg_sq)
+        denom = self.exp_avg_sq.sqrt().div_(root_correction).add_(self.eps)
+        flat.addcdiv_(self.exp_avg * step_size, denom, value=-1.0)
 
     def trial_state(self, k: int) -> dict[str, object]:
         """Trial k's moments, per parameter of the single model, and its step count."""

@@ -274,9 +274,8 @@ def run_search(
     population: int = 1,
 ) -> dict[str, Any]:
     """Run a search's trials that have not run yet (``trials`` overrides the file's count: the cap).
-    ``population`` K > 1: each worker claims up to K waiting trials and trains them as one population;
-    on the CPU the default is then one worker with every core's thread (one larger population keeps
-    the cores busier than several small ones)."""
+    ``population`` K > 1: each worker claims up to K waiting trials and trains them as one population
+    (the workers are the engine's default or ``workers``, as without populations)."""
     import tempfile
 
     path = Path(path)
@@ -285,11 +284,6 @@ def run_search(
         raise AttentionError("--trials must be >= 1")
     if population < 1:
         raise AttentionError(f"--population must be >= 1, got {population}")
-    if population > 1 and workers is None:
-        import torch
-
-        if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-            workers = 1
     if smoke and storage is None:
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{search.name}-"))
         storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"

@@ -278,7 +278,7 @@ startup_trials = 1
     )
     storage = f"journal:{tmp_path / 'search.journal'}"
     options = {"storage": storage, "runs_dir": tmp_path / "runs", "data_dir": mnist_dir, "progress": False}
-    run_search(search_file, population=3, **options)  # one worker: a population of 3, then one of 1
+    run_search(search_file, population=3, workers=1, **options)  # a population of 3, then one of 1
     trials = optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()
     assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     drawn = draws(load_search(search_file))
@@ -291,7 +291,23 @@ startup_trials = 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     sizes = {read_json(Path(t.user_attrs["run_dir"]) / RESULT)["population_size"] for t in complete}
     assert sizes <= {1, 2, 3} and complete
-    run_search(search_file, population=3, **options)
+    run_search(search_file, population=3, workers=1, **options)
     assert len(optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()) == 4
     with pytest.raises(AttentionError, match="population"):
         run_search(search_file, population=0, **options)
+
+
+def test_the_population_bench_compares_the_trials_alone_with_populations_on_every_core():
+    from attention.bench_population import cpu_layouts, format_population, gpu_layouts
+
+    alone, together, split = cpu_layouts(8, 2)
+    assert (alone.processes, alone.threads, alone.population) == (2, 1, 1)
+    assert (together.processes, together.threads, together.population) == (1, 2, 8)
+    assert (split.processes, split.threads, split.population) == (2, 1, 4)
+    assert [layout.population for layout in gpu_layouts(8)] == [1, 1, 8, 64]
+    rows = [
+        {"layout": alone.label, "images_per_s": 1000.0},
+        {"layout": together.label, "images_per_s": 1600.0},
+    ]
+    lines = format_population(rows)
+    assert "1.60x" in lines[-1] and "summed over the trials" in lines[0]

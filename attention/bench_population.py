@@ -1,0 +1,191 @@
+"""``attention bench --population K``: training images/s summed over the trials, K trials as one population
+against the same trials trained alone (the measurement behind ``attention search --population``).
+
+Each layout runs P processes with T threads each, every process training a population of K trials (K = 1:
+the ordinary model, optimizer and loss that ``fit`` runs) on synthetic batches of 128 for the same
+wall-clock window, started together after their own start-up and warm-up. Its figure is the images per
+second summed over every trial of every process, averaged over rounds that measure every layout once.
+The trials alone are measured as P one-thread processes side by side, each training one trial for the
+window: every trial costs the same, so this is the rate at which 8 separate trials run two at a time on
+two cores go through their images.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass
+from typing import Any
+
+WINDOW_S = 10.0
+ROUNDS = 2
+WARMUP_STEPS = 3
+BATCH = 128
+
+
+@dataclass(frozen=True)
+class Layout:
+    label: str
+    processes: int
+    threads: int
+    population: int  # 1: the ordinary path, as fit trains one trial
+
+
+def cpu_layouts(size: int, cores: int) -> list[Layout]:
+    """The trials alone (one one-thread process per core), one population of ``size`` on every core, and
+    one population per core splitting the trials."""
+    layouts = [
+        Layout(f"{size} trials alone, {cores} at a time (1 thread each)", cores, 1, 1),
+        Layout(f"population of {size}, {cores} threads", 1, cores, size),
+    ]
+    if cores > 1 and size % cores == 0 and size // cores > 1:
+        share = size // cores
+        layouts.append(Layout(f"{cores} populations of {share}, 1 thread each", cores, 1, share))
+    return layouts
+
+
+def gpu_layouts(size: int) -> list[Layout]:
+    """One trial alone, two alone side by side on the GPU, and populations of ``size`` and 64."""
+    sizes = sorted({size, 64})
+    return [
+        Layout("1 trial alone", 1, 1, 1),
+        Layout("2 trials alone, side by side", 2, 1, 1),
+        *[Layout(f"population of {k}", 1, 1, k) for k in sizes],
+    ]
+
+
+def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
+    """Worker: build K trials, warm up, then train from ``start`` to ``stop`` (wall clock); returns the
+    images trained, summed over the trials."""
+    import torch
+
+    from attention.config import Config, with_overrides
+    from attention.losses import hybrid
+    from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
+    from attention.train import make_model, make_optimizer, resolve_config
+
+    layout, overrides, device_name, start, stop = args
+    device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(layout.threads)
+    # trials as a search draws them: their own seed, learning rate and std
+    configs = [
+        resolve_config(
+            with_overrides(
+                Config(),
+                {
+                    **overrides,
+                    "train.seed": k,
+                    "train.learning_rate": 1e-4 * 1.5**k,
+                    "model.where.std": 0.05 + 0.02 * k,
+                },
+            )
+        )
+        for k in range(layout.population)
+    ]
+    size = configs[0].data.canvas_size
+    k = layout.population
+    images = torch.rand(k, BATCH, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.randint(10, (k, BATCH), generator=torch.Generator().manual_seed(1)).to(device)
+    generators = [torch.Generator(device=device).manual_seed(2 + i) for i in range(k)]
+    models = [make_model(config, device) for config in configs]
+    if k == 1:
+        model, optimizer = models[0], make_optimizer(configs[0], models[0])
+
+        def step() -> None:
+            loss = hybrid(model.unroll(images[0], sample=True, generator=generators[0]), labels[0]).total
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # fit's divergence check
+            optimizer.step()
+
+    else:
+        population = PopulationRAM.from_models(models)
+        adam = PopulationAdam(population, learning_rates=[c.train.learning_rate for c in configs])
+        active = [True] * k
+
+        def step() -> None:
+            terms = hybrid_per_trial(
+                population.unroll(images, sample=True, generators=generators),
+                labels,
+                reinforce_weight=1.0,
+                baseline_weight=1.0,
+            )
+            torch.isfinite(terms.total).tolist()  # fit_population's per-step divergence check
+            adam.zero_grad()
+            terms.total.sum().backward()
+            grad = population.flat_grad()
+            torch.isfinite(grad.pow(2).sum(dim=1)).tolist()
+            adam.step(grad, active)
+
+    def synchronized_step() -> None:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(WARMUP_STEPS):
+        synchronized_step()
+    while time.time() < start:
+        time.sleep(0.01)
+    trained = 0
+    while time.time() < stop:
+        synchronized_step()
+        trained += k * BATCH
+    return trained
+
+
+def measure_population(
+    overrides: dict[str, Any],
+    *,
+    size: int = 8,
+    device: str = "cpu",
+    cores: int | None = None,
+    window_s: float = WINDOW_S,
+    rounds: int = ROUNDS,
+    progress=print,
+) -> list[dict[str, Any]]:
+    """Images/s summed over the trials for each layout (:func:`cpu_layouts` or :func:`gpu_layouts`),
+    pooled over ``rounds`` rounds that measure every layout once, in an order that rotates from round to
+    round, so that a slow spell of a shared machine does not fall on one layout only."""
+    from attention.bench_layouts import cores as count_cores
+
+    cores = cores or count_cores()
+    layouts = gpu_layouts(size) if device.startswith("cuda") else cpu_layouts(size, cores)
+    context = multiprocessing.get_context("spawn")
+    trained: dict[str, list[list[int]]] = {layout.label: [] for layout in layouts}
+    for round_ in range(rounds):
+        shift = round_ % len(layouts)
+        for layout in layouts[shift:] + layouts[:shift]:
+            progress(f"population bench, round {round_ + 1}/{rounds}: {layout.label}")
+            # every process starts the clock together, after its own start-up and warm-up
+            start = time.time() + 20.0 + 5.0 * layout.processes + 0.5 * layout.population
+            stop = start + window_s
+            with context.Pool(layout.processes) as pool:
+                jobs = [(layout, overrides, device, start, stop)] * layout.processes
+                trained[layout.label].append(pool.map(_train_until, jobs))
+    rows = []
+    for layout in layouts:
+        per_round = [sum(images) / window_s for images in trained[layout.label]]
+        rows.append(
+            {
+                "layout": layout.label,
+                "processes": layout.processes,
+                "threads_each": layout.threads,
+                "population": layout.population,
+                "images_per_s": sum(per_round) / rounds,
+                "per_round": per_round,
+                "per_process": [[n / window_s for n in images] for images in trained[layout.label]],
+                "window_s": window_s,
+            }
+        )
+    return rows
+
+
+def format_population(rows: list[dict[str, Any]]) -> list[str]:
+    reference = rows[0]["images_per_s"]
+    lines = [f"Population against trials alone (training images/s summed over the trials, batch {BATCH})", ""]
+    for row in rows:
+        ratio = row["images_per_s"] / reference if reference else float("nan")
+        rounds = ", ".join(f"{rate:.0f}" for rate in row.get("per_round", []))
+        lines.append(f"  {row['layout']:<48} {row['images_per_s']:>10.0f}   {ratio:.2f}x   rounds: {rounds}")
+    return lines
