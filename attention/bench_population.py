@@ -54,9 +54,9 @@ def gpu_layouts(size: int) -> list[Layout]:
     ]
 
 
-def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
-    """Worker: build K trials, warm up, then train from ``start`` to ``stop`` (wall clock); returns the
-    images trained, summed over the trials."""
+def _stepper(population: int, overrides: dict[str, Any], device: Any):
+    """A training step of ``population`` trials on synthetic batches: K = 1 the ordinary model, optimizer
+    and loss that ``fit`` runs, else a population with fit_population's per-step work."""
     import torch
 
     from attention.config import Config, with_overrides
@@ -64,10 +64,6 @@ def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
     from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
     from attention.train import make_model, make_optimizer, resolve_config
 
-    layout, overrides, device_name, start, stop = args
-    device = torch.device(device_name)
-    if device.type == "cpu":
-        torch.set_num_threads(layout.threads)
     # trials as a search draws them: their own seed, learning rate and std
     configs = [
         resolve_config(
@@ -81,10 +77,10 @@ def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
                 },
             )
         )
-        for k in range(layout.population)
+        for k in range(population)
     ]
     size = configs[0].data.canvas_size
-    k = layout.population
+    k = population
     images = torch.rand(k, BATCH, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(10, (k, BATCH), generator=torch.Generator().manual_seed(1)).to(device)
     generators = [torch.Generator(device=device).manual_seed(2 + i) for i in range(k)]
@@ -100,13 +96,13 @@ def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
             optimizer.step()
 
     else:
-        population = PopulationRAM.from_models(models)
-        adam = PopulationAdam(population, learning_rates=[c.train.learning_rate for c in configs])
+        stacked = PopulationRAM.from_models(models)
+        adam = PopulationAdam(stacked, learning_rates=[c.train.learning_rate for c in configs])
         active = [True] * k
 
         def step() -> None:
             terms = hybrid_per_trial(
-                population.unroll(images, sample=True, generators=generators),
+                stacked.unroll(images, sample=True, generators=generators),
                 labels,
                 reinforce_weight=1.0,
                 baseline_weight=1.0,
@@ -114,7 +110,7 @@ def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
             torch.isfinite(terms.total).tolist()  # fit_population's per-step divergence check
             adam.zero_grad()
             terms.total.sum().backward()
-            grad = population.flat_grad()
+            grad = stacked.flat_grad()
             torch.isfinite(grad.pow(2).sum(dim=1)).tolist()
             adam.step(grad, active)
 
@@ -123,15 +119,65 @@ def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return synchronized_step
+
+
+def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
+    """Worker: build K trials, warm up, then train from ``start`` to ``stop`` (wall clock); returns the
+    images trained, summed over the trials."""
+    import torch
+
+    layout, overrides, device_name, start, stop = args
+    device = torch.device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(layout.threads)
+    step = _stepper(layout.population, overrides, device)
     for _ in range(WARMUP_STEPS):
-        synchronized_step()
+        step()
     while time.time() < start:
         time.sleep(0.01)
     trained = 0
     while time.time() < stop:
-        synchronized_step()
-        trained += k * BATCH
+        step()
+        trained += layout.population * BATCH
     return trained
+
+
+def paired_on_one_thread(overrides: dict[str, Any], *, size: int = 8, repeats: int = 10) -> dict[str, Any]:
+    """In this process on one thread: one step of a population of ``size`` against ``size`` steps of
+    single trials, timed alternately ``repeats`` times. A slow spell of a shared machine falls on both of
+    a pair, so the median ratio says what stacking itself gains per core, whatever the load."""
+    import statistics
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        device = torch.device("cpu")
+        together, alone = _stepper(size, overrides, device), _stepper(1, overrides, device)
+        for _ in range(WARMUP_STEPS):
+            together()
+            alone()
+        pairs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            together()
+            middle = time.perf_counter()
+            for _ in range(size):  # the same trial's steps cost what each of the size trials' would
+                alone()
+            pairs.append((middle - started, time.perf_counter() - middle))
+    finally:
+        torch.set_num_threads(threads)
+    images = size * BATCH
+    return {
+        "size": size,
+        "repeats": repeats,
+        "population_images_per_s": statistics.median(images / a for a, _ in pairs),
+        "alone_images_per_s": statistics.median(images / b for _, b in pairs),
+        "speed_up_median": statistics.median(b / a for a, b in pairs),
+        "seconds": pairs,
+    }
 
 
 def measure_population(
@@ -179,6 +225,15 @@ def measure_population(
             }
         )
     return rows
+
+
+def format_paired(paired: dict[str, Any]) -> list[str]:
+    return [
+        "",
+        f"One thread, alternating one step of a population of {paired['size']} with {paired['size']} steps "
+        f"alone ({paired['repeats']} pairs): population {paired['population_images_per_s']:.0f}, alone "
+        f"{paired['alone_images_per_s']:.0f} images/s; median speed-up {paired['speed_up_median']:.2f}x",
+    ]
 
 
 def format_population(rows: list[dict[str, Any]]) -> list[str]:

@@ -183,7 +183,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def _bench_population(args: argparse.Namespace) -> None:
     """``bench --population K``: only the comparison of a population with the same trials alone."""
     from attention import bench
-    from attention.bench_population import format_population, measure_population
+    from attention.bench_population import (
+        format_paired,
+        format_population,
+        measure_population,
+        paired_on_one_thread,
+    )
     from attention.runs import write_json
     from attention.train import pick_device
 
@@ -200,12 +205,16 @@ def _bench_population(args: argparse.Namespace) -> None:
         rounds=1 if args.quick else (args.rounds or 2),
         progress=lambda message: print(message, file=sys.stderr),
     )
+    paired = None
+    if device.type == "cpu":
+        print("population bench: one thread, paired steps", file=sys.stderr)
+        paired = paired_on_one_thread(case.overrides, size=args.population, repeats=3 if args.quick else 10)
     result = {
         "machine": bench.machine(device),
-        "population": {"case": case.name, "size": args.population, "rows": rows},
+        "population": {"case": case.name, "size": args.population, "rows": rows, "one_thread": paired},
     }
     print("\n".join([*bench.describe_kernel(result["machine"]["linear_kernel"]), f"Case: {case.name}"]))
-    print("\n".join(format_population(rows)))
+    print("\n".join(format_population(rows) + (format_paired(paired) if paired else [])))
     print(f"load average at the end: {result['machine']['load_average']}")
     if args.json:
         write_json(Path(args.json), result)
