@@ -70,7 +70,7 @@ def population_worker(spec: WorkerSpec) -> int:
             time.sleep(spec.poll_s)
             continue
         claimed = [first]
-        base = config_of(study._storage.get_trial(first._trial_id))
+        base = config_of(storage.get_trial(first._trial_id))
         if base is not None:
             while len(claimed) < spec.population:
                 more = claim(

@@ -298,7 +298,11 @@ startup_trials = 1
 
 
 def test_the_population_bench_compares_the_trials_alone_with_populations_on_every_core():
-    from attention.bench_population import cpu_layouts, format_population, gpu_layouts
+    from attention.bench_population import _stepper, cpu_layouts, format_population, gpu_layouts
+
+    small = {**TINY, "data.task": "mnist"}
+    for population in (1, 2):  # the step each layout times runs, alone and stacked
+        _stepper(population, small, torch.device("cpu"))()
 
     alone, together, split = cpu_layouts(8, 2)
     assert (alone.processes, alone.threads, alone.population) == (2, 1, 1)
