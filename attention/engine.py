@@ -419,6 +419,58 @@ def _worker_main(spec: WorkerSpec) -> None:
         raise SystemExit(2) from None
 
 
+def default_storage(path: str | Path) -> str:
+    """The embedded storage of a study or search file: a journal file in its folder."""
+    from attention.study import study_folder
+
+    return f"journal:{study_folder(Path(path)) / 'optuna.journal'}"
+
+
+def launch(
+    kind: str,
+    path: Path,
+    *,
+    workers: int | None,
+    storage: str | None,
+    runs_dir: str | Path,
+    data_dir: str | Path | None,
+    device: str,
+    smoke: bool,
+    progress: bool,
+    heartbeat_s: float,
+    stale_after_s: float,
+    **more: Any,
+) -> tuple[WorkerSpec, optuna.Study]:
+    """Enqueue what a study or search file (``kind``) still lacks and run its workers; the file was
+    checked by the caller. A smoke run gets a temporary folder for its storage and runs unless told where.
+    Returns the spec the workers ran and the Optuna study."""
+    import tempfile
+
+    if smoke and storage is None:
+        scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(path).stem}-"))
+        storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
+    storage = storage or default_storage(path)
+    spec = WorkerSpec(
+        kind=kind,
+        file=str(path),
+        storage=storage,
+        runs_dir=str(runs_dir),
+        data_dir=None if data_dir is None else str(data_dir),
+        device=device,
+        threads=1,
+        smoke=smoke,
+        progress=progress,
+        heartbeat_s=heartbeat_s,
+        stale_after_s=stale_after_s,
+        **more,
+    )
+    _, refill, (study, backend) = _execute(spec)
+    with storage_lock(storage, backend):
+        refill()
+    start_workers(spec, workers)
+    return spec, study
+
+
 def _with(spec: WorkerSpec, **changes: Any) -> WorkerSpec:
     import dataclasses
 

@@ -27,9 +27,8 @@ from attention.engine import (
     WorkerSpec,
     check_still_running,
     enqueue,
+    launch,
     open_study,
-    start_workers,
-    storage_lock,
 )
 from attention.study import check_keys, overrides_table, read_toml_file, recipe_overrides
 
@@ -252,12 +251,6 @@ def _suggest(trial: optuna.Trial, key: str, distribution: optuna.distributions.B
     return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
 
 
-def default_storage(path: Path) -> str:
-    from attention.study_run import default_storage as study_default
-
-    return study_default(path)
-
-
 def run_search(
     path: str | Path,
     *,
@@ -276,26 +269,20 @@ def run_search(
     """Run a search's trials that have not run yet (``trials`` overrides the file's count: the cap).
     ``population`` K > 1: each worker claims up to K waiting trials and trains them as one population
     (the workers are the engine's default or ``workers``, as without populations)."""
-    import tempfile
-
     path = Path(path)
-    search = load_search(path, smoke=smoke)
+    load_search(path, smoke=smoke)  # refuses a malformed file before anything runs
     if trials is not None and trials < 1:
         raise AttentionError("--trials must be >= 1")
     if population < 1:
         raise AttentionError(f"--population must be >= 1, got {population}")
-    if smoke and storage is None:
-        scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{search.name}-"))
-        storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
-    storage = storage or default_storage(path)
-    spec = WorkerSpec(
-        kind="search",
-        file=str(path),
+    spec, study = launch(
+        "search",
+        path,
+        workers=workers,
         storage=storage,
-        runs_dir=str(runs_dir),
-        data_dir=None if data_dir is None else str(data_dir),
+        runs_dir=runs_dir,
+        data_dir=data_dir,
         device=device,
-        threads=1,
         smoke=smoke,
         progress=progress,
         heartbeat_s=heartbeat_s,
@@ -303,9 +290,5 @@ def run_search(
         trials=trials,
         population=population,
     )
-    _, refill, (study, backend) = work(spec)
-    with storage_lock(storage, backend):
-        refill()
-    start_workers(spec, workers)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    return {"storage": storage, **{state.lower(): states.count(state) for state in sorted(set(states))}}
+    return {"storage": spec.storage, **{state.lower(): states.count(state) for state in sorted(set(states))}}

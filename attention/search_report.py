@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
-from attention.engine import KEY, journal_path, open_storage
+from attention.engine import KEY, default_storage, journal_path, open_storage
 from attention.runs import atomic_write_bytes
 from attention.search import Search, load_search
 from attention.study import study_folder
@@ -84,7 +84,6 @@ def write_search_report(
     smoke: bool = False,
 ) -> list[Path]:
     from attention.report.figures import save_optuna_figure
-    from attention.study_run import default_storage
 
     search = load_search(search_file, smoke=smoke)
     url = storage or default_storage(search.path)

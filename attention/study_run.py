@@ -8,7 +8,6 @@ as done, and a stopped or crashed study continues where it was.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,13 @@ from attention.engine import (
     WorkerSpec,
     check_still_running,
     enqueue,
+    launch,
     open_study,
-    start_workers,
-    storage_lock,
 )
 from attention.runs import RESULT
-from attention.study import Study, Unit, load_study, study_folder, unit_config, unit_run
+from attention.study import Study, Unit, load_study, unit_config, unit_run
 
 log = logging.getLogger(__name__)
-
-
-def default_storage(path: Path) -> str:
-    """The embedded storage of a study or search file: a journal file in its folder."""
-    return f"journal:{study_folder(path) / 'optuna.journal'}"
 
 
 def pending_items(study: Study, runs_dir: Path) -> tuple[list[Item], dict[str, Unit]]:
@@ -113,27 +106,19 @@ def run_study(
     ``storage``/``runs_dir`` say where). Returns a summary: units finished, and the storage used."""
     path = Path(path)
     study = load_study(path, smoke=smoke)  # refuses a malformed file before anything runs
-    if smoke and storage is None:
-        scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{study.name}-"))
-        storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
-    storage = storage or default_storage(path)
-    spec = WorkerSpec(
-        kind="study",
-        file=str(path),
+    spec, _ = launch(
+        "study",
+        path,
+        workers=workers,
         storage=storage,
-        runs_dir=str(runs_dir),
-        data_dir=None if data_dir is None else str(data_dir),
+        runs_dir=runs_dir,
+        data_dir=data_dir,
         device=device,
-        threads=1,
         smoke=smoke,
         progress=progress,
         heartbeat_s=heartbeat_s,
         stale_after_s=stale_after_s,
     )
-    _, refill, (optuna_study, backend) = work(spec)
-    with storage_lock(storage, backend):
-        refill()
-    start_workers(spec, workers)
     units = study.units()
-    done = sum(finished(unit, Path(runs_dir)) for unit in units)
-    return {"units": len(units), "finished": done, "storage": storage, "runs_dir": str(runs_dir)}
+    done = sum(finished(unit, Path(spec.runs_dir)) for unit in units)
+    return {"units": len(units), "finished": done, "storage": spec.storage, "runs_dir": spec.runs_dir}
