@@ -347,8 +347,8 @@ def run_trial(
 
 def default_workers(device: str) -> tuple[int, list[str], int]:
     """(workers, their devices, threads each): one per visible GPU, each pinned to its device; on the CPU
-    one single-thread worker per core, which docs/performance.md measures to train more images per second
-    in all than fewer workers with more threads each."""
+    one single-thread worker per core (OpenMP threads of one process waiting on each other were measured far
+    slower on a loaded machine; ``attention bench --layouts`` measures every split on the machine at hand)."""
     import torch
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
