@@ -141,7 +141,9 @@ def test_scripted_paddle_that_follows_the_ball_catches_everything():
     for _ in range(3 * env.steps_per_game):
         # aim at the column the ball moves to next (seen from two consecutive screens)
         target = env.ball_col + env.ball_velocity
-        target = torch.where(target < 0, -target, torch.where(target >= SIZE, 2 * (SIZE - 1) - target, target))
+        target = torch.where(
+            target < 0, -target, torch.where(target >= SIZE, 2 * (SIZE - 1) - target, target)
+        )
         actions = torch.where(target < env.paddle, LEFT, torch.where(target > env.paddle + 1, RIGHT, STAY))
         _, reward, done = env.step(actions)
         caught += reward.sum().item()

@@ -72,7 +72,9 @@ class Catch:
         n = self.num_games
         col = torch.randint(self.size, (n,), generator=self.generator, device=self.device)
         velocity = torch.randint(2, (n,), generator=self.generator, device=self.device) * 2 - 1
-        paddle = torch.randint(self.size - PADDLE_WIDTH + 1, (n,), generator=self.generator, device=self.device)
+        paddle = torch.randint(
+            self.size - PADDLE_WIDTH + 1, (n,), generator=self.generator, device=self.device
+        )
         self.ball_row = torch.where(which, torch.zeros_like(self.ball_row), self.ball_row)
         self.ball_col = torch.where(which, col, self.ball_col)
         self.ball_velocity = torch.where(which, velocity, self.ball_velocity)
@@ -85,7 +87,9 @@ class Catch:
         game ends; a finished game has already restarted, so its screen is its next game's first.
         """
         if actions.shape != (self.num_games,):
-            raise AttentionError(f"Catch.step expects actions of shape ({self.num_games},), got {tuple(actions.shape)}")
+            raise AttentionError(
+                f"Catch.step expects actions of shape ({self.num_games},), got {tuple(actions.shape)}"
+            )
         if actions.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
             raise AttentionError(f"Catch.step expects integer actions, got {actions.dtype}")
         if bool(((actions < 0) | (actions >= NUM_ACTIONS)).any()):
