@@ -76,12 +76,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.no_progress,
     )
+    from attention.tasks import TASKS
+
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_dir) / result["config_hash"]
-    print(
-        f"run {run_dir}: test error {result['test_error_pct']:.2f}% (mean locations), "
-        f"{result['test_error_sampled_pct']:.2f}% (sampled) on {result['n_test']} {result['task']} "
-        f"test images after {result['epochs_run']} epochs, {result['train_seconds']:.0f}s"
-    )
+    summary = TASKS.get(config.data.task).summary(result)
+    print(f"run {run_dir}: {summary}; after {result['epochs_run']} epochs, {result['train_seconds']:.0f}s")
     if args.figure:
         from attention.report.figures import save_glimpse_paths
 
@@ -96,11 +95,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        print(
-            f"{result['task']}: test error {result['test_error_pct']:.2f}% (mean locations), "
-            f"{result['test_error_sampled_pct']:.2f}% (sampled), n_test {result['n_test']}, "
-            f"test seed {result['protocol']['test_seed']}"
-        )
+        from attention.tasks import TASKS
+
+        print(TASKS.get(result["task"]).summary(result))
 
 
 def cmd_report_glimpses(args: argparse.Namespace) -> None:
@@ -144,8 +141,8 @@ def cmd_report_table(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from attention import bench
+    from attention.build import pick_device
     from attention.runs import write_json
-    from attention.train import pick_device
 
     if args.figure and args.no_scaling:
         raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")

@@ -337,7 +337,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Fields that change how a run is evaluated, never its trained weights: left out of the run identity, so
 # re-evaluating a run another way (more sampled passes, another batch size) finds the same run.
-EVALUATION_ONLY = ("train.eval_batch_size", "eval.")
+EVALUATION_ONLY = ("train.eval_batch_size", "eval.", "game.test_games")
 
 
 def _field_default(spec: dataclasses.Field) -> Any:

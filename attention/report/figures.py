@@ -179,10 +179,10 @@ def save_glimpse_paths(
     """Fig. 3 of the paper for a trained run: per test image, the path and then each step's glimpse."""
     import dataclasses
 
+    from attention.build import pick_device
     from attention.data.mnist import load_mnist
     from attention.data.tasks import fixed_set, to_float
     from attention.evaluate import SAMPLING_SEED_OFFSET, load_trained
-    from attention.train import pick_device
 
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)
