@@ -114,6 +114,19 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def cmd_report_catch(args: argparse.Namespace) -> None:
+    from attention.report.catch import save_catch_figures
+
+    for path in save_catch_figures(
+        Path(args.run_dir),
+        Path(args.out_dir),
+        device=args.device,
+        animated_games=args.games,
+        seed=args.seed,
+    ):
+        print(f"wrote {path}")
+
+
 def cmd_report_curves(args: argparse.Namespace) -> None:
     from attention.report.figures import plot_curves, save_figure
     from attention.report.tables import describe
@@ -352,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(glimpses)
     device(glimpses)
     glimpses.set_defaults(func=cmd_report_glimpses)
+    catch = report.add_parser(
+        "catch", help="a Catch run: animated GIF of it playing, catch rate curve, glimpse against ball"
+    )
+    catch.add_argument("run_dir")
+    catch.add_argument("--out-dir", required=True, help="directory for catch_play.gif, catch_rate.png, ...")
+    catch.add_argument("--games", type=_positive_int, default=4, help="games in the animation (default 4)")
+    catch.add_argument("--seed", type=int, help="seed of the games shown (default: the run's test seed)")
+    device(catch)
+    catch.set_defaults(func=cmd_report_catch)
     table = report.add_parser(
         "table", help="Markdown table of run directories (a study's table: 'attention study report')"
     )

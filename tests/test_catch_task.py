@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,26 @@ def test_a_short_training_run_beats_a_random_agent_clearly(tmp_path):
     torch.set_num_threads(1)
     result = fit(cfg, run_dir=tmp_path / "run", progress=False)
     assert result["catch_rate"] > 0.25
+
+
+def test_glimpse_offset_is_zero_when_the_glimpse_centre_is_on_the_ball():
+    from attention.report.catch import Games, glimpse_offsets
+
+    ball = np.array([[[3, 10]], [[4, 11]]])  # (F + 1, B, 2) rows and columns
+    # the centre of pixel (row r, column c) is at x = (c + 0.5) / 24 * 2 - 1
+    where = np.array([[[(10.5 / 24) * 2 - 1, (3.5 / 24) * 2 - 1]]])
+    games = Games(ball=ball, paddle=np.zeros((2, 1), int), where=where, caught=np.array([True]), size=24)
+    np.testing.assert_allclose(glimpse_offsets(games), np.zeros((1, 1, 2)), atol=1e-9)
+
+
+def test_catch_figures_render_an_animated_gif_and_two_pngs(tmp_path):
+    from PIL import Image
+
+    from attention.report.catch import save_catch_figures
+
+    run = tmp_path / "run"
+    fit(config(**{"game.frames": 16 * 23}), run_dir=run, progress=False)
+    gif, curve, tracking = save_catch_figures(run, tmp_path / "figures", animated_games=2, tracked_games=20)
+    with Image.open(gif) as animation:
+        assert animation.format == "GIF" and animation.n_frames >= 24  # every frame of a game, and its end
+    assert curve.stat().st_size > 10_000 and tracking.stat().st_size > 10_000
