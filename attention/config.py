@@ -45,10 +45,12 @@ class DataConfig:
     """Seed of the fixed test set (catch: the test games); change it to draw an independent test set of the
     same distribution."""
     train_limit: int | None = None
-    """Train on only the first N training images (smoke runs, tests); None for all 50,000."""
+    """Train on only the first N training images (smoke runs, tests); None for all 50,000. Catch: at most
+    N training games."""
     eval_limit: int | None = None
     """Validate and test on only the first N digits of each fixed set (smoke runs, tests); None for all
-    10,000. Part of a run's identity: the validation set chooses the kept weights."""
+    10,000. Part of a run's identity: the validation set chooses the kept weights. Catch: at most N
+    validation and N test games."""
 
 
 @dataclass(frozen=True)

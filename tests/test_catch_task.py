@@ -49,6 +49,7 @@ def test_catch_defaults_to_the_paper_screen_and_refuses_what_cannot_play():
         ("model.where.policy", "deterministic", "stochastic"),
         ("game.frames", 0, "game.frames"),
         ("data.clutter_count", 4, "no clutter"),
+        ("data.eval_limit", 0, "eval_limit"),
     ]:
         with pytest.raises(AttentionError, match=message):
             config(**{key: value})

@@ -132,11 +132,8 @@ class CatchTask:
             raise AttentionError(
                 f"catch needs a screen of at least {MIN_SIZE} pixels, got data.canvas_size {size}"
             )
-        if data.clutter_count not in (None, 0) or data.train_limit is not None:
-            raise AttentionError(
-                "task 'catch' has no clutter and no training images: leave data.clutter_count and "
-                "data.train_limit unset"
-            )
+        if data.clutter_count not in (None, 0):
+            raise AttentionError("task 'catch' has no clutter: leave data.clutter_count unset")
         if model.name != "ram":
             raise AttentionError(
                 f"task 'catch' needs model.name = 'ram' (an agent acting at every frame), not '{model.name}'"
@@ -151,9 +148,12 @@ class CatchTask:
             ("frames_per_interval", game_.frames_per_interval),
             ("validation_games", game_.validation_games),
             ("test_games", game_.test_games),
+            ("data.train_limit", 1 if data.train_limit is None else data.train_limit),
+            ("data.eval_limit", 1 if data.eval_limit is None else data.eval_limit),
         ]:
             if value < 1:
-                raise AttentionError(f"game.{name} must be >= 1, got {value}")
+                key = name if name.startswith("data.") else f"game.{name}"
+                raise AttentionError(f"{key} must be >= 1, got {value}")
         return dataclasses.replace(config, data=dataclasses.replace(data, canvas_size=size, clutter_count=0))
 
     @staticmethod
@@ -166,13 +166,26 @@ class CatchTask:
         return self.config.train.batch_size * self.env.steps_per_game
 
     @property
+    def frames(self) -> int:
+        """The training budget in frames: ``game.frames``, capped at ``data.train_limit`` games."""
+        limit = self.config.data.train_limit
+        budget = self.config.game.frames
+        return budget if limit is None else min(budget, limit * self.env.steps_per_game)
+
+    @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.config.game.frames_per_interval / self.frames_per_step)
+        interval = min(self.config.game.frames_per_interval, self.frames)
+        return math.ceil(interval / self.frames_per_step)
 
     @property
     def num_epochs(self) -> int:
         # whole intervals only, never past the frame budget (at least one interval)
-        return max(1, self.config.game.frames // (self.steps_per_epoch * self.frames_per_step))
+        return max(1, self.frames // (self.steps_per_epoch * self.frames_per_step))
+
+    def _games(self, wanted: int) -> int:
+        """Evaluation games: ``wanted``, capped at ``data.eval_limit`` (smoke runs)."""
+        limit = self.config.data.eval_limit
+        return wanted if limit is None else min(wanted, limit)
 
     def batches(self) -> Iterator[Catch]:
         """One interval: the running games, once per batch (each step plays one whole game on each)."""
@@ -217,7 +230,7 @@ class CatchTask:
     def validate(self, model: torch.nn.Module) -> tuple[float, dict[str, float]]:
         """Catch rate of ``game.validation_games`` fresh games with sampled and with greedy policies; the
         sampled one (the policy as trained) selects: the selection value is its miss rate."""
-        n, seed = self.config.game.validation_games, self.config.data.validation_seed
+        n, seed = self._games(self.config.game.validation_games), self.config.data.validation_seed
         sampled, _ = self._rate(model, num_games=n, seed=seed, sample=True)
         greedy, _ = self._rate(model, num_games=n, seed=seed, sample=False)
         return 1.0 - sampled, {"val_catch_rate": sampled, "val_catch_rate_greedy": greedy}
@@ -226,11 +239,19 @@ class CatchTask:
     def selection_result(best: float) -> dict[str, float]:
         return {"validation_catch_rate": 1.0 - best}
 
+    @staticmethod
+    def result_selection(result: dict[str, Any]) -> float:
+        return 1.0 - float(result["validation_catch_rate"])
+
+    @staticmethod
+    def epoch_selection(row: dict[str, Any]) -> float:
+        return 1.0 - float(row["val_catch_rate"])
+
     def evaluate(self, model: torch.nn.Module, test_seed: int | None = None) -> dict[str, Any]:
         """Catch rate over ``game.test_games`` fresh games from the test seed, with sampled and with greedy
         policies, each with its 95% Wilson interval. The same games for both."""
         seed = self.config.data.test_seed if test_seed is None else test_seed
-        n = self.config.game.test_games
+        n = self._games(self.config.game.test_games)
         sampled, caught = self._rate(model, num_games=n, seed=seed, sample=True)
         greedy, caught_greedy = self._rate(model, num_games=n, seed=seed, sample=False)
         return {

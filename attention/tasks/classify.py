@@ -181,6 +181,14 @@ class ClassifyTask:
     def selection_result(best: float) -> dict[str, float]:
         return {"validation_error_pct": best}
 
+    @staticmethod
+    def result_selection(result: dict[str, Any]) -> float:
+        return float(result["validation_error_pct"])
+
+    @staticmethod
+    def epoch_selection(row: dict[str, Any]) -> float:
+        return float(row["val_error_pct"])
+
     def evaluate(self, model: torch.nn.Module, test_seed: int | None = None) -> dict[str, Any]:
         return evaluate_model(model, self.config, self.mnist, device=self.device, test_seed=test_seed)
 
