@@ -55,8 +55,8 @@ def resolve_config(config: Config) -> Config:
         (t.plateau_patience >= 1, "train.plateau_patience must be >= 1"),
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
         (
-            t.reinforce_weight >= 0 and t.baseline_weight >= 0,
-            "train.reinforce_weight and baseline_weight must be >= 0",
+            t.reinforce_weight >= 0 and t.baseline_weight >= 0 and t.entropy_weight >= 0,
+            "train.reinforce_weight, baseline_weight and entropy_weight must be >= 0",
         ),
         (config.eval.sampled_repeats >= 1, "eval.sampled_repeats must be >= 1"),
     ]

@@ -167,6 +167,10 @@ class TrainConfig:
     """Coefficient of the REINFORCE term in the hybrid loss."""
     baseline_weight: float = 1.0
     """Coefficient of the baseline's squared error in the hybrid loss."""
+    entropy_weight: float = 0.0
+    """A game: coefficient of a bonus for the action policy's entropy (summed over a game's frames), which
+    keeps the softmax from collapsing onto one action early in training. Not in the paper; 0 leaves it
+    out. Image tasks ignore it."""
     seed: int = 0
     eval_batch_size: int = 1000
     compile: bool = False

@@ -61,15 +61,16 @@ class ActionPolicy(nn.Module):
 
     def forward(
         self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(actions (B,) long, log pi(action | h) (B,)): drawn from the softmax, or its most likely action
-        when ``sample`` is False."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(actions (B,) long, log pi(action | h) (B,), entropy of pi( . | h) (B,)): the action drawn from
+        the softmax, or its most likely action when ``sample`` is False."""
         log_probs = torch.log_softmax(self.linear(h), dim=1)
         if sample:
             actions = torch.multinomial(log_probs.detach().exp(), 1, generator=generator).squeeze(1)
         else:
             actions = log_probs.argmax(dim=1)
-        return actions, log_probs.gather(1, actions[:, None]).squeeze(1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=1)
+        return actions, log_probs.gather(1, actions[:, None]).squeeze(1), entropy
 
 
 class Baseline(nn.Module):

@@ -28,7 +28,8 @@ class LossTerms:
     reinforce: torch.Tensor
     baseline: torch.Tensor
     reward: torch.Tensor  # mean reward (= accuracy of this batch's sampled rollout)
-    errors: torch.Tensor  # number of misclassified examples in the batch
+    errors: torch.Tensor  # number of misclassified examples in the batch (a game: of games lost)
+    entropy: torch.Tensor | None = None  # a game: mean entropy of the action policy per frame
 
 
 def reward(rollout: Rollout, labels: torch.Tensor) -> torch.Tensor:
@@ -77,23 +78,34 @@ def game_return(rollout: Rollout) -> torch.Tensor:
     return rollout.rewards.sum(dim=0)
 
 
-def game(rollout: Rollout, *, reinforce_weight: float = 1.0, baseline_weight: float = 1.0) -> LossTerms:
+def game(
+    rollout: Rollout,
+    *,
+    reinforce_weight: float = 1.0,
+    baseline_weight: float = 1.0,
+    entropy_weight: float = 0.0,
+) -> LossTerms:
     """RAM sec. 4.2: REINFORCE from the game's return for both policies, with the learned baseline.
 
     Every frame's game action and every where-choice is weighted by the same advantage R - b_t (b_t from
     the core state the choice was made in), held constant; the baseline of every frame is fitted to R.
+    ``entropy_weight`` (not in the paper; 0 leaves it out) rewards the action policy's entropy, summed over
+    a game's frames like the REINFORCE term, so the softmax does not collapse onto one action before the
+    return says which is better.
     """
     returns = game_return(rollout)
     advantage = (returns[None, :] - rollout.frame_baselines).detach()  # (T, B)
     actions = -(rollout.action_log_probs * advantage).sum(dim=0).mean()
     policy = actions + reinforce(rollout, returns)
     base = ((rollout.frame_baselines - returns[None, :]) ** 2).mean()
+    entropy = rollout.action_entropy.sum(dim=0).mean()  # per game, as the REINFORCE term
     zero = returns.new_zeros(())
     return LossTerms(
-        total=reinforce_weight * policy + baseline_weight * base,
+        total=reinforce_weight * policy + baseline_weight * base - entropy_weight * entropy,
         cross_entropy=zero,
         reinforce=policy,
         baseline=base,
         reward=returns.mean(),
         errors=(returns <= 0).sum(),
+        entropy=rollout.action_entropy.mean(),
     )

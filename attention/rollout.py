@@ -23,8 +23,9 @@ class Rollout:
     ``logits`` (B, classes): the classifier at the last glimpse (classification; None for a game).
 
     A game also records, per frame: ``actions`` (T, B) long, ``action_log_probs`` (T, B) (log pi of the
-    action taken, differentiable), ``rewards`` (T, B) and ``frame_baselines`` (T, B), b_t for every frame
-    (the where-choices' ``baselines`` are its first S rows).
+    action taken, differentiable), ``action_entropy`` (T, B) (of the action policy, differentiable),
+    ``rewards`` (T, B) and ``frame_baselines`` (T, B), b_t for every frame (the where-choices' ``baselines``
+    are its first S rows).
     """
 
     logits: torch.Tensor | None
@@ -34,5 +35,6 @@ class Rollout:
     baselines: torch.Tensor
     actions: torch.Tensor | None = None
     action_log_probs: torch.Tensor | None = None
+    action_entropy: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     frame_baselines: torch.Tensor | None = None

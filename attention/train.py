@@ -147,9 +147,12 @@ def train_epoch(
         optimizer.step()
         seen += n
         errors += terms.errors.item()
+        if terms.entropy is not None:
+            sums["entropy"] = sums.get("entropy", 0.0) + terms.entropy.item() * n
         for key in sums:
-            value = terms.total if key == "loss" else getattr(terms, key)
-            sums[key] += value.item() * n
+            if key != "entropy":
+                value = terms.total if key == "loss" else getattr(terms, key)
+                sums[key] += value.item() * n
         bar.update()
         if step % PROGRESS_EVERY == 0:
             bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}", err=f"{100 * errors / seen:.2f}%")

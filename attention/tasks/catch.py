@@ -40,14 +40,23 @@ def play(model: torch.nn.Module, env: Catch, *, sample: bool, generator: torch.G
     screens = env.screens()
     state = model.core.initial_state(batch, screens.device)
     where = model.first_where(state, batch, sample=sample, generator=generator)
-    wheres, means, hiddens, actions, action_log_probs, rewards = [where], [where], [], [], [], []
+    wheres, means, hiddens, actions, action_log_probs, entropies, rewards = (
+        [where],
+        [where],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
     for t in range(frames):
         h, state = model.step(screens, where, state)
-        action, action_log_prob = model.action_policy(h, sample=sample, generator=generator)
+        action, action_log_prob, entropy = model.action_policy(h, sample=sample, generator=generator)
         screens, reward, _ = env.step(action)
         hiddens.append(h)
         actions.append(action)
         action_log_probs.append(action_log_prob)
+        entropies.append(entropy)
         rewards.append(reward)
         if t == frames - 1:
             break  # the game is over: a location chosen now would be looked at in no frame
@@ -66,6 +75,7 @@ def play(model: torch.nn.Module, env: Catch, *, sample: bool, generator: torch.G
         baselines=baselines[:-1],
         actions=torch.stack(actions),
         action_log_probs=torch.stack(action_log_probs),
+        action_entropy=torch.stack(entropies),
         rewards=torch.stack(rewards),
         frame_baselines=baselines,
     )
@@ -197,7 +207,12 @@ class CatchTask:
 
         def step(env: Catch, generator: torch.Generator) -> tuple[LossTerms, int]:
             rollout = play(model, env, sample=True, generator=generator)
-            terms = game(rollout, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight)
+            terms = game(
+                rollout,
+                reinforce_weight=t.reinforce_weight,
+                baseline_weight=t.baseline_weight,
+                entropy_weight=t.entropy_weight,
+            )
             return terms, env.num_games
 
         return step
@@ -209,6 +224,7 @@ class CatchTask:
             "train_loss": training["loss"],
             "reinforce": training["reinforce"],
             "baseline_mse": training["baseline"],
+            "action_entropy": training["entropy"],
             # one reward per game, 1 for a catch: the mean reward is the training catch rate
             "mean_reward": training["reward"],
             "train_frames_per_s": training["per_s"] * self.env.steps_per_game,
