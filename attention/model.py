@@ -114,9 +114,10 @@ class RecurrentAttentionModel(nn.Module):
             self.classifier = Classifier(hidden_size=config.core.hidden_size, num_classes=num_classes)
         else:
             self.action_policy = ActionPolicy(hidden_size=config.core.hidden_size, num_actions=num_actions)
-        # Only a learned stochastic policy needs a baseline for REINFORCE.
+        # Only a learned stochastic policy needs a baseline for REINFORCE; a game's action policy always does.
         self.learns_by_reinforce = head_cls.stochastic and config.where.policy != "random"
-        self.baseline = Baseline(hidden_size=config.core.hidden_size) if self.learns_by_reinforce else None
+        needs_baseline = self.learns_by_reinforce or num_actions is not None
+        self.baseline = Baseline(hidden_size=config.core.hidden_size) if needs_baseline else None
 
     # -- the pieces of one unroll ------------------------------------------------------------------------
 

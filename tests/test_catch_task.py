@@ -201,3 +201,16 @@ def test_entropy_bonus_moves_the_action_policy_towards_uniform():
     gradient = model.action_policy.linear.bias.grad
     assert gradient[0] > 0 > gradient[2]
     assert game(rollout).entropy == terms.entropy  # logged whatever its weight
+
+
+def test_an_agent_with_random_glimpses_still_learns_its_game_actions():
+    cfg = config(**{"model.where.policy": "random"})
+    model = make_model(cfg, torch.device("cpu"))
+    env = Catch(8, generator=torch.Generator().manual_seed(0))
+    env.reset()
+    rollout = play(model, env, sample=True, generator=torch.Generator().manual_seed(1))
+    assert rollout.log_probs.shape == (0, 8)  # no location policy to train
+    terms = game(rollout)
+    terms.total.backward()
+    assert model.action_policy.linear.weight.grad.abs().sum() > 0
+    assert model.baseline.linear.weight.grad.abs().sum() > 0

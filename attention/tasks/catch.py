@@ -66,13 +66,17 @@ def play(model: torch.nn.Module, env: Catch, *, sample: bool, generator: torch.G
         means.append(choice.mean)
     where, where_mean = torch.stack(wheres), torch.stack(means)  # (T, B, 2)
     baselines = model.value(torch.stack(hiddens))  # (T, B): b_t for every frame
+    if model.learns_by_reinforce:
+        # log pi of the T - 1 where-choices (all steps at once), b_t of the frame each was made in
+        log_probs, where_baselines = model.where_head.log_prob(where[1:], where_mean[1:]), baselines[:-1]
+    else:  # random glimpses: nothing for the location policy to learn
+        log_probs = where_baselines = baselines.new_zeros((0, batch))
     return Rollout(
         logits=None,
         where=where,
         where_mean=where_mean,
-        # log pi of the T - 1 where-choices (all steps at once), b_t of the frame each was made in
-        log_probs=model.where_head.log_prob(where[1:], where_mean[1:]),
-        baselines=baselines[:-1],
+        log_probs=log_probs,
+        baselines=where_baselines,
         actions=torch.stack(actions),
         action_log_probs=torch.stack(action_log_probs),
         action_entropy=torch.stack(entropies),
