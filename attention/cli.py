@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     device(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="re-derive a run's test errors from its weights")
+    evaluate = commands.add_parser(
+        "eval", help="re-derive a run's test numbers (test errors, or catch rates) from its weights"
+    )
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--test-seed", type=int, help="draw an independent test set with this seed")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
