@@ -16,10 +16,13 @@ CLI rely on nothing else, and nothing outside a task's own module tests which ta
 * ``epoch_metrics(training, epochs_done) -> dict``: an epoch's metrics row from the trainer's averages.
 * ``validate(model) -> (selection, row)``: after an epoch; ``selection`` is lower-is-better and picks the
   best weights, ``row`` joins the epoch's metrics.
+* ``selection_metric``: the key of the validation number in a metrics row (for curves).
 * ``selection_result(best) -> dict``: how the best selection value is reported in the result;
   ``result_selection(result)`` and ``epoch_selection(row)`` (static) read it back from a result or a
   metrics row, lower is better (what a search minimises and its pruner watches).
 * ``evaluate(model, test_seed=None) -> dict``: the final evaluation (test error, or catch rate).
+* ``evaluation_draws(model, *, test_seed, draws) -> dict``: a study's repeated evaluation (``errors_pct``
+  per draw, ``averaged_error_pct``, ``first_correct`` per test example of draw 0, ``n`` examples).
 * ``summary(result) -> str``: one line for the command line.
 * ``state_dict()`` / ``load_state_dict(saved)``: the task's random streams (training data order, running
   games) for a checkpoint; its keys sit at the checkpoint's top level.

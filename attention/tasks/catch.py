@@ -86,6 +86,33 @@ def play(model: torch.nn.Module, env: Catch, *, sample: bool, generator: torch.G
 
 
 @torch.no_grad()
+def caught_games(
+    model: torch.nn.Module,
+    *,
+    num_games: int,
+    seed: int,
+    policy_seed: int,
+    sample: bool,
+    batch_size: int,
+    size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Which of ``num_games`` fresh games drawn from ``seed`` the model catches: (num_games,) bool. The
+    policies' randomness (first location; with ``sample``, actions and locations) comes from a stream of
+    its own, seeded ``policy_seed``, so the same games can be played again with other draws."""
+    was_training = model.training
+    model.eval()
+    games = torch.Generator(device=device).manual_seed(seed)
+    policy = torch.Generator(device=device).manual_seed(policy_seed)
+    caught = []
+    for start in range(0, num_games, batch_size):
+        env = Catch(min(batch_size, num_games - start), size=size, generator=games, device=device)
+        env.reset()
+        caught.append(play(model, env, sample=sample, generator=policy).rewards[-1].cpu() > 0)
+    model.train(was_training)
+    return torch.cat(caught)
+
+
 def catch_rate(
     model: torch.nn.Module,
     *,
@@ -96,22 +123,20 @@ def catch_rate(
     size: int,
     device: torch.device,
 ) -> tuple[float, float]:
-    """(fraction caught, number caught) of ``num_games`` fresh games drawn from ``seed``; the policies'
-    randomness (first location; with ``sample``, actions and locations) from a stream of their own."""
-    was_training = model.training
-    model.eval()
-    games = torch.Generator(device=device).manual_seed(seed)
-    policy = torch.Generator(device=device).manual_seed(seed + POLICY_SEED_OFFSET)
-    caught, played = 0.0, 0
-    while played < num_games:
-        n = min(batch_size, num_games - played)
-        env = Catch(n, size=size, generator=games, device=device)
-        env.reset()
-        rollout = play(model, env, sample=sample, generator=policy)
-        caught += rollout.rewards.sum().item()
-        played += n
-    model.train(was_training)
-    return caught / num_games, caught
+    """(fraction caught, number caught) of ``num_games`` fresh games drawn from ``seed``, the policies'
+    stream seeded ``seed + POLICY_SEED_OFFSET``."""
+    caught = caught_games(
+        model,
+        num_games=num_games,
+        seed=seed,
+        policy_seed=seed + POLICY_SEED_OFFSET,
+        sample=sample,
+        batch_size=batch_size,
+        size=size,
+        device=device,
+    )
+    number = float(caught.sum())
+    return number / num_games, number
 
 
 def wilson_interval(successes: float, trials: int, z: float = 1.959964) -> tuple[float, float]:
@@ -124,6 +149,8 @@ def wilson_interval(successes: float, trials: int, z: float = 1.959964) -> tuple
 
 class CatchTask:
     """The Catch task; see the module docstring and docs/catch.md."""
+
+    selection_metric = "val_catch_rate"  # the metrics row's validation number
 
     def __init__(self, config: Config, *, data_dir: str | Path | None, device: torch.device):
         self.config = config
@@ -265,7 +292,7 @@ class CatchTask:
 
     @staticmethod
     def epoch_selection(row: dict[str, Any]) -> float:
-        return 1.0 - float(row["val_catch_rate"])
+        return 1.0 - float(row[CatchTask.selection_metric])
 
     def evaluate(self, model: torch.nn.Module, test_seed: int | None = None) -> dict[str, Any]:
         """Catch rate over ``game.test_games`` fresh games from the test seed, with sampled and with greedy
@@ -291,6 +318,33 @@ class CatchTask:
                 "catch_rate_greedy": "greedy policies: most likely game action, mean location",
                 "interval": "95% Wilson score interval",
             },
+        }
+
+    def evaluation_draws(self, model: torch.nn.Module, *, test_seed: int, draws: int) -> dict[str, Any]:
+        """A study's evaluation (attention/report/evaluation.py): ``draws`` plays of the same
+        ``game.test_games`` games of ``test_seed`` with the greedy policies, draw k's randomness seeded
+        ``test_seed + POLICY_SEED_OFFSET + k`` (draw 0 is result.json's greedy pass); an error is a game
+        missed. Greedy play averages no predictions, so the averaged error is the draws' mean."""
+        n = self._games(self.config.game.test_games)
+        errors, first_caught = [], None
+        for draw in range(draws):
+            caught = caught_games(
+                model,
+                num_games=n,
+                seed=test_seed,
+                policy_seed=test_seed + POLICY_SEED_OFFSET + draw,
+                sample=False,
+                batch_size=self.config.train.eval_batch_size,
+                size=self.size,
+                device=self.device,
+            )
+            errors.append(100.0 * int((~caught).sum()) / n)
+            first_caught = caught if first_caught is None else first_caught
+        return {
+            "errors_pct": errors,
+            "averaged_error_pct": sum(errors) / draws,
+            "first_correct": first_caught.numpy(),
+            "n": n,
         }
 
     @staticmethod

@@ -93,6 +93,8 @@ def evaluate_model(
 class ClassifyTask:
     """Image classification (tasks ``mnist``, ``translated``, ``cluttered``); see the module docstring."""
 
+    selection_metric = "val_error_pct"  # the metrics row's validation number
+
     def __init__(self, config: Config, *, data_dir: str | Path | None, device: torch.device):
         self.config = config
         self.data_dir = data_dir
@@ -191,6 +193,23 @@ class ClassifyTask:
 
     def evaluate(self, model: torch.nn.Module, test_seed: int | None = None) -> dict[str, Any]:
         return evaluate_model(model, self.config, self.mnist, device=self.device, test_seed=test_seed)
+
+    def evaluation_draws(self, model: torch.nn.Module, *, test_seed: int, draws: int) -> dict[str, Any]:
+        """A study's evaluation (attention/report/evaluation.py): ``draws`` passes over the test set of
+        ``test_seed`` with mean locations, draw k's randomness seeded ``test_seed + SAMPLING_SEED_OFFSET + k``
+        (draw 0 is result.json's pass)."""
+        from attention.report.evaluation import evaluate_draws
+
+        test = fixed_set(self.mnist, dataclasses.replace(self.config.data, test_seed=test_seed), "test")
+        measured = evaluate_draws(
+            model,
+            test,
+            draws=draws,
+            seed=test_seed + SAMPLING_SEED_OFFSET,
+            batch_size=self.config.train.eval_batch_size,
+            device=self.device,
+        )
+        return {**measured, "n": len(test.labels)}
 
     @staticmethod
     def summary(result: dict[str, Any]) -> str:
