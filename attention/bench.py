@@ -133,7 +133,7 @@ def pool_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def compiled_label(case: TrainingCase) -> str:
     """', compiled unroll' or ', compiled sensor': what ``train.compile`` compiles for this case."""
-    from attention.train import compiled_part
+    from attention.build import compiled_part
 
     part = compiled_part(with_overrides(Config(), case.overrides))
     return f", compiled {part}" if part else ""
@@ -160,8 +160,9 @@ def training_throughput(
 def _training_throughput(
     case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist, device: torch.device
 ) -> dict[str, Any]:
+    from attention.build import make_model, training_unroll
     from attention.data.tasks import TrainingStream, resolve, to_float
-    from attention.train import make_model, make_optimizer, training_unroll
+    from attention.train import make_optimizer
 
     config = with_overrides(Config(), case.overrides)
     config = with_overrides(config, {"data.canvas_size": resolve(config.data).canvas_size})

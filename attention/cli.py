@@ -76,12 +76,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.no_progress,
     )
+    from attention.tasks import TASKS
+
     run_dir = Path(args.run_dir) if args.run_dir else Path(args.runs_dir) / result["config_hash"]
-    print(
-        f"run {run_dir}: test error {result['test_error_pct']:.2f}% (mean locations), "
-        f"{result['test_error_sampled_pct']:.2f}% (sampled) on {result['n_test']} {result['task']} "
-        f"test images after {result['epochs_run']} epochs, {result['train_seconds']:.0f}s"
-    )
+    summary = TASKS.get(config.data.task).summary(result)
+    print(f"run {run_dir}: {summary}; after {result['epochs_run']} epochs, {result['train_seconds']:.0f}s")
     if args.figure:
         from attention.report.figures import save_glimpse_paths
 
@@ -96,11 +95,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        print(
-            f"{result['task']}: test error {result['test_error_pct']:.2f}% (mean locations), "
-            f"{result['test_error_sampled_pct']:.2f}% (sampled), n_test {result['n_test']}, "
-            f"test seed {result['protocol']['test_seed']}"
-        )
+        from attention.tasks import TASKS
+
+        print(TASKS.get(result["task"]).summary(result))
 
 
 def cmd_report_glimpses(args: argparse.Namespace) -> None:
@@ -115,6 +112,19 @@ def cmd_report_glimpses(args: argparse.Namespace) -> None:
         test_seed=args.test_seed,
     )
     print(f"wrote {args.out}")
+
+
+def cmd_report_catch(args: argparse.Namespace) -> None:
+    from attention.report.catch import save_catch_figures
+
+    for path in save_catch_figures(
+        Path(args.run_dir),
+        Path(args.out_dir),
+        device=args.device,
+        animated_games=args.games,
+        seed=args.seed,
+    ):
+        print(f"wrote {path}")
 
 
 def cmd_report_curves(args: argparse.Namespace) -> None:
@@ -144,8 +154,8 @@ def cmd_report_table(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from attention import bench
+    from attention.build import pick_device
     from attention.runs import write_json
-    from attention.train import pick_device
 
     if args.figure and args.no_scaling:
         raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")
@@ -334,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     device(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="re-derive a run's test errors from its weights")
+    evaluate = commands.add_parser(
+        "eval", help="re-derive a run's test numbers (test errors, or catch rates) from its weights"
+    )
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--test-seed", type=int, help="draw an independent test set with this seed")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -355,6 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(glimpses)
     device(glimpses)
     glimpses.set_defaults(func=cmd_report_glimpses)
+    catch = report.add_parser(
+        "catch", help="a Catch run: animated GIF of it playing, catch rate curve, glimpse against ball"
+    )
+    catch.add_argument("run_dir")
+    catch.add_argument("--out-dir", required=True, help="directory for catch_play.gif, catch_rate.png, ...")
+    catch.add_argument("--games", type=_positive_int, default=4, help="games in the animation (default 4)")
+    catch.add_argument("--seed", type=int, help="seed of the games shown (default: the run's test seed)")
+    device(catch)
+    catch.set_defaults(func=cmd_report_catch)
     table = report.add_parser(
         "table", help="Markdown table of run directories (a study's table: 'attention study report')"
     )

@@ -30,22 +30,27 @@ class DataConfig:
     """Which task and how its images are made (RAM paper, sec. 4.1); see docs/data.md."""
 
     task: str = "mnist"
-    """``mnist`` (28x28 centred), ``translated`` or ``cluttered``."""
+    """``mnist`` (28x28 centred), ``translated`` or ``cluttered`` (classification), or ``catch`` (the game
+    of RAM sec. 4.2, configured in ``game``; docs/catch.md)."""
     canvas_size: int | None = None
-    """Side of the square canvas; None means the task's default (28 for mnist, 60 otherwise)."""
+    """Side of the square canvas; None means the task's default (28 for mnist, 24 for catch's screen, 60
+    otherwise)."""
     clutter_count: int | None = None
     """Pieces of clutter; None means the paper's setting (4 on 60x60, 8 on 100x100; 0 without clutter)."""
     clutter_size: int = 8
     """Side of each square clutter piece cut from another digit."""
     validation_seed: int = 1
-    """Seed of the fixed validation set (placements and clutter)."""
+    """Seed of the fixed validation set (placements and clutter; catch: the validation games)."""
     test_seed: int = 2
-    """Seed of the fixed test set; change it to draw an independent test set of the same distribution."""
+    """Seed of the fixed test set (catch: the test games); change it to draw an independent test set of the
+    same distribution."""
     train_limit: int | None = None
-    """Train on only the first N training images (smoke runs, tests); None for all 50,000."""
+    """Train on only the first N training images (smoke runs, tests); None for all 50,000. Catch: at most
+    N training games."""
     eval_limit: int | None = None
     """Validate and test on only the first N digits of each fixed set (smoke runs, tests); None for all
-    10,000. Part of a run's identity: the validation set chooses the kept weights."""
+    10,000. Part of a run's identity: the validation set chooses the kept weights. Catch: at most N
+    validation and N test games."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,9 @@ class TrainConfig:
     step_gamma: float = 0.1
     plateau_patience: int = 5
     batch_size: int = 128
+    """Images per step; for a game, games played at once (one whole game each per step)."""
     epochs: int = 50
+    """Passes over the training images; a game counts ``game.frames`` in intervals instead."""
     time_budget_s: float | None = None
     """Stop after this many seconds of training (checked between epochs); None for no limit."""
     early_stopping_patience: int | None = None
@@ -160,6 +167,10 @@ class TrainConfig:
     """Coefficient of the REINFORCE term in the hybrid loss."""
     baseline_weight: float = 1.0
     """Coefficient of the baseline's squared error in the hybrid loss."""
+    entropy_weight: float = 0.0
+    """A game: coefficient of a bonus for the action policy's entropy (summed over a game's frames), which
+    keeps the softmax from collapsing onto one action early in training. Not in the paper; 0 leaves it
+    out. Image tasks ignore it."""
     seed: int = 0
     eval_batch_size: int = 1000
     compile: bool = False
@@ -180,11 +191,32 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class GameConfig:
+    """A game task (``data.task = "catch"``): its training budget in frames and its evaluation. A frame is
+    one agent step on one screen; ``train.batch_size`` games are played at once, one game per batch row.
+    Ignored by the image tasks, which count ``train.epochs`` instead."""
+
+    frames: int = 20_000_000
+    """Training budget: frames seen, summed over all games (the paper trained for 20 million). Training
+    runs whole evaluation intervals and never more frames than this."""
+    frames_per_interval: int = 500_000
+    """Frames between evaluations: the trainer's 'epoch' (a metrics row, a checkpoint, model selection),
+    rounded up to whole batches of games."""
+    validation_games: int = 2000
+    """Fresh games (from ``data.validation_seed``) played with sampled policies after each interval; their
+    catch rate selects the best weights."""
+    test_games: int = 10_000
+    """Fresh games (from ``data.test_seed``) of the final evaluation, played once with the greedy policies
+    and once with the sampled ones."""
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    game: GameConfig = field(default_factory=GameConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -311,7 +343,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Fields that change how a run is evaluated, never its trained weights: left out of the run identity, so
 # re-evaluating a run another way (more sampled passes, another batch size) finds the same run.
-EVALUATION_ONLY = ("train.eval_batch_size", "eval.")
+EVALUATION_ONLY = ("train.eval_batch_size", "eval.", "game.test_games")
 
 
 def _field_default(spec: dataclasses.Field) -> Any:

@@ -15,11 +15,10 @@ from torch import nn
 from attention import AttentionError
 from attention.config import ModelConfig
 from attention.linear import Linear
+from attention.rollout import Rollout
 
 
-def _whole_image_rollout(logits: torch.Tensor) -> Rollout:  # noqa: F821
-    from attention.model import Rollout
-
+def _whole_image_rollout(logits: torch.Tensor) -> Rollout:
     batch = logits.shape[0]
     empty = logits.new_zeros((0, batch))
     no_where = logits.new_zeros((0, batch, 2))

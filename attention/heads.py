@@ -48,6 +48,31 @@ class Classifier(nn.Module):
         return self.linear(h)
 
 
+class ActionPolicy(nn.Module):
+    """RAM's action network for a game (sec. 4.2): a linear softmax over the game's actions.
+
+    It reads h_t undetached: in a game the only learning signal is REINFORCE, and through this head it
+    trains the core and glimpse network (there is no classifier loss to do it).
+    """
+
+    def __init__(self, *, hidden_size: int, num_actions: int):
+        super().__init__()
+        self.linear = Linear(hidden_size, num_actions)
+
+    def forward(
+        self, h: torch.Tensor, *, sample: bool, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(actions (B,) long, log pi(action | h) (B,), entropy of pi( . | h) (B,)): the action drawn from
+        the softmax, or its most likely action when ``sample`` is False."""
+        log_probs = torch.log_softmax(self.linear(h), dim=1)
+        if sample:
+            actions = torch.multinomial(log_probs.detach().exp(), 1, generator=generator).squeeze(1)
+        else:
+            actions = log_probs.argmax(dim=1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=1)
+        return actions, log_probs.gather(1, actions[:, None]).squeeze(1), entropy
+
+
 class Baseline(nn.Module):
     """b_t = Linear(h_t), fitted to the return by squared error (RAM sec. 3, variance reduction)."""
 

@@ -7,39 +7,20 @@ functions in :mod:`attention.losses` are pure functions of it. A game agent reus
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from attention import AttentionError
 from attention.config import ModelConfig
 from attention.cores import CORES
-from attention.heads import WHERE_HEADS, Baseline, Classifier, WhereSample, uniform_locations
+from attention.heads import WHERE_HEADS, ActionPolicy, Baseline, Classifier, WhereSample, uniform_locations
 from attention.linear import Linear
 from attention.readers import READERS
 from attention.registry import Registry
+from attention.rollout import Rollout
 
 INITIAL_WHERE = ("random", "center")
 MAX_GLIMPSES = 64
-
-
-@dataclass
-class Rollout:
-    """What one pass over a batch produced. T = number of glimpses, B = batch.
-
-    ``where`` (T, B, where_dim): what the reader was given at each glimpse (locations (x, y) for a retina).
-    ``where_mean`` (T, B, where_dim): the policy's mean for each (equal to ``where`` when not sampled).
-    ``log_probs`` (S, B) and ``baselines`` (S, B): for the S where-choices made by a learned stochastic
-    policy (S = T - 1: the first glimpse is not the policy's), else S = 0.
-    ``logits`` (B, classes): the classifier at the last glimpse.
-    """
-
-    logits: torch.Tensor
-    where: torch.Tensor
-    where_mean: torch.Tensor
-    log_probs: torch.Tensor
-    baselines: torch.Tensor
 
 
 class GlimpseNetwork(nn.Module):
@@ -64,8 +45,16 @@ class RecurrentAttentionModel(nn.Module):
     """RAM (Mnih et al. 2014) with a pluggable reader: the retina (hard) or the filterbank (soft)."""
 
     def __init__(
-        self, config: ModelConfig, *, image_size: tuple[int, int], channels: int = 1, num_classes: int = 10
+        self,
+        config: ModelConfig,
+        *,
+        image_size: tuple[int, int],
+        channels: int = 1,
+        num_classes: int = 10,
+        num_actions: int | None = None,
     ):
+        """``num_actions`` set: an agent for a game, with a linear softmax action head (``action_policy``)
+        on the core state in place of the classifier."""
         super().__init__()
         if not 1 <= config.num_glimpses <= MAX_GLIMPSES:
             raise AttentionError(
@@ -119,10 +108,16 @@ class RecurrentAttentionModel(nn.Module):
         if not self.where_head.stochastic and hasattr(self.reader, "initial_where"):
             with torch.no_grad():
                 self.where_head.linear.bias.copy_(self.reader.initial_where())
-        self.classifier = Classifier(hidden_size=config.core.hidden_size, num_classes=num_classes)
-        # Only a learned stochastic policy needs a baseline for REINFORCE.
+        # The action network of RAM: a classifier for an image task, a game-action policy for a game
+        self.classifier = self.action_policy = None
+        if num_actions is None:
+            self.classifier = Classifier(hidden_size=config.core.hidden_size, num_classes=num_classes)
+        else:
+            self.action_policy = ActionPolicy(hidden_size=config.core.hidden_size, num_actions=num_actions)
+        # Only a learned stochastic policy needs a baseline for REINFORCE; a game's action policy always does.
         self.learns_by_reinforce = head_cls.stochastic and config.where.policy != "random"
-        self.baseline = Baseline(hidden_size=config.core.hidden_size) if self.learns_by_reinforce else None
+        needs_baseline = self.learns_by_reinforce or num_actions is not None
+        self.baseline = Baseline(hidden_size=config.core.hidden_size) if needs_baseline else None
 
     # -- the pieces of one unroll ------------------------------------------------------------------------
 
@@ -208,9 +203,23 @@ def _check_pairing(reader: str, differentiable: bool, policy: str, stochastic: b
 
 
 def build_model(
-    config: ModelConfig, *, image_size: tuple[int, int], channels: int = 1, num_classes: int = 10
+    config: ModelConfig,
+    *,
+    image_size: tuple[int, int],
+    channels: int = 1,
+    num_classes: int = 10,
+    num_actions: int | None = None,
 ) -> nn.Module:
-    """Build the model named by ``config.name``; every model has ``unroll(images, sample, generator)``."""
+    """Build the model named by ``config.name``; every classifier has ``unroll(images, sample, generator)``.
+    ``num_actions`` asks for a game agent (only the recurrent attention model acts in a game)."""
+    if num_actions is not None:
+        if config.name != "ram":
+            raise AttentionError(
+                f"a game needs model.name = 'ram' (it acts at every frame), not '{config.name}'"
+            )
+        return RecurrentAttentionModel(
+            config, image_size=image_size, channels=channels, num_actions=num_actions
+        )
     return MODELS.build(
         config.name, config=config, image_size=image_size, channels=channels, num_classes=num_classes
     )

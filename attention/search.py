@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,7 @@ def items(search: Search) -> list[Item]:
 
 def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
     """What a worker runs for a search (see :func:`attention.engine.worker`)."""
+    from attention.tasks import TASKS
     from attention.train import fit
 
     search = load_search(spec.file, smoke=spec.smoke)
@@ -201,9 +203,10 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
 
     def execute(trial: optuna.Trial) -> float:
         config, run_dir = trial_run(search, trial, runs_dir)
+        task = TASKS.get(config.data.task)  # its own selection number, lower is better
 
         def report(row: dict[str, Any]) -> None:
-            report_epoch(trial, row)
+            report_epoch(trial, row, selection=task.epoch_selection)
 
         result = fit(
             config,
@@ -214,16 +217,21 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
             progress=spec.progress,
             on_epoch=report,
         )
-        return float(result["validation_error_pct"])
+        return task.result_selection(result)
 
     return execute, refill, (study, storage)
 
 
-def report_epoch(trial: optuna.Trial, row: dict[str, Any]) -> None:
+def report_epoch(
+    trial: optuna.Trial,
+    row: dict[str, Any],
+    *,
+    selection: Callable[[dict[str, Any]], float] = lambda row: row["val_error_pct"],
+) -> None:
     """After each epoch of a trial: stop if it was failed as stale meanwhile, report its validation error
     to the pruner, and raise ``optuna.TrialPruned`` if the pruner stops it."""
     check_still_running(trial)
-    trial.report(row["val_error_pct"], row["epoch"])
+    trial.report(selection(row), row["epoch"])
     if trial.should_prune():
         raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 

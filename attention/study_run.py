@@ -43,6 +43,7 @@ def pending_items(study: Study, runs_dir: Path) -> tuple[list[Item], dict[str, U
 
 def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
     """What a worker runs for a study (see :func:`attention.engine.worker`)."""
+    from attention.tasks import TASKS
     from attention.train import fit
 
     study = load_study(spec.file, smoke=spec.smoke)
@@ -75,7 +76,7 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
             progress=spec.progress,
             on_epoch=lambda row: check_still_running(trial),
         )
-        return float(result["validation_error_pct"])
+        return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 
     return execute, refill, (optuna_study, storage)
 

@@ -137,3 +137,17 @@ def test_far_off_locations_read_zeros_and_never_wrap_around():
     torch.testing.assert_close(
         glimpse(images, near, patch_size=4, num_scales=2), reference_glimpse(images, near, 4, 2)
     )
+
+
+def test_patch_squares_name_the_pixels_the_sensor_reads():
+    from attention.readers.retina import patch_squares
+
+    image = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    for location in [(0.1, -0.3), (-0.55, 0.8), (0.0, 0.0)]:
+        read = glimpse(image, torch.tensor([location]), patch_size=6, num_scales=2)
+        squares = patch_squares(location, height=24, width=24, patch_size=6, num_scales=2)
+        (top, left, side), (top2, left2, side2) = squares
+        assert side == 6 and side2 == 12
+        padded = torch.nn.functional.pad(image, (12, 12, 12, 12))  # the sensor reads zeros outside
+        assert torch.equal(read[0, 0, 0], padded[0, 0, top + 12 : top + 18, left + 12 : left + 18])
+        assert (top2, left2) == (top - 3, left - 3)  # the next scale is centred on the same point

@@ -96,9 +96,9 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(mnist_di
 
 @pytest.mark.mnist
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
-    import attention.train as train_module
+    import attention.tasks.classify as classify_module
 
-    real_hybrid = train_module.hybrid
+    real_hybrid = classify_module.hybrid
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -108,7 +108,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, tm
             terms.total = terms.total * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "hybrid", poisoned)
+    monkeypatch.setattr(classify_module, "hybrid", poisoned)
     with pytest.raises(AttentionError, match="loss became nan in epoch 2.*epoch 1"):
         fit(smoke(), run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
     saved = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)

@@ -18,6 +18,20 @@ def _patch_start(centre: torch.Tensor, width: int) -> torch.Tensor:
     return torch.floor(centre - width / 2 + 0.5).long()
 
 
+def patch_squares(
+    location: tuple[float, float], *, height: int, width: int, patch_size: int, num_scales: int
+) -> list[tuple[int, int, int]]:
+    """(top, left, side) in image pixels of each scale's square that :func:`glimpse` reads at ``location``
+    (x, y) in [-1, 1], finest first, by the sensor's own rounding rule: what a figure draws as the glimpse."""
+    centre_x = torch.tensor([(float(location[0]) + 1) * width / 2])
+    centre_y = torch.tensor([(float(location[1]) + 1) * height / 2])
+    squares = []
+    for scale in range(num_scales):
+        side = patch_size * 2**scale
+        squares.append((int(_patch_start(centre_y, side)[0]), int(_patch_start(centre_x, side)[0]), side))
+    return squares
+
+
 def _read_square(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: int) -> torch.Tensor:
     """The ``side`` x ``side`` squares at (top, left) of each image, zero outside: (B, C, side, side).
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attention.evaluate import SAMPLING_SEED_OFFSET, load_trained
+from attention.evaluate import load_trained
 from attention.runs import read_json, write_json
 
 CACHE_VERSION = 1
@@ -74,9 +74,8 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """The protocol's numbers for one run on one test set (``test_seed`` None: the run's own), from the
     cache in ``cache_dir`` when present, else measured from the run's weights and cached."""
-    from attention.data.mnist import load_mnist
-    from attention.data.tasks import fixed_set
     from attention.runs import load_run_config
+    from attention.tasks import TASKS
     from attention.train import pick_device
 
     config = load_run_config(run_dir)
@@ -88,18 +87,12 @@ def run_evaluation(
         return stored["evaluations"][key]
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)
-    test = fixed_set(load_mnist(data_dir), data, "test")
-    measured = evaluate_draws(
-        model,
-        test,
-        draws=draws,
-        seed=data.test_seed + SAMPLING_SEED_OFFSET,
-        batch_size=config.train.eval_batch_size,
-        device=device_,
-    )
+    # what a draw is, and what counts as an error, is the task's (a test image, or a game missed)
+    task = TASKS.get(config.data.task)(config, data_dir=data_dir, device=device_)
+    measured = task.evaluation_draws(model, test_seed=data.test_seed, draws=draws)
     entry = {
         "test_seed": data.test_seed,
-        "n_test": len(test.labels),
+        "n_test": measured["n"],
         "draws": draws,
         "errors_pct": measured["errors_pct"],
         "mean_error_pct": float(np.mean(measured["errors_pct"])),

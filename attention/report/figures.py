@@ -18,7 +18,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from attention import AttentionError  # noqa: E402
 from attention.readers.filterbank import window  # noqa: E402
-from attention.readers.retina import _patch_start, glimpse  # noqa: E402
+from attention.readers.retina import glimpse, patch_squares  # noqa: E402
 
 RIGHT, WRONG = "tab:green", "tab:red"
 
@@ -67,14 +67,9 @@ def retina_squares(
     location: np.ndarray, height: int, width: int, patch_size: int, num_scales: int
 ) -> list[tuple[int, int, int]]:
     """(top, left, side) of each scale's square in image pixels, by the sensor's own rounding rule."""
-    centre = torch.tensor([(location[0] + 1) * width / 2, (location[1] + 1) * height / 2])
-    squares = []
-    for scale in range(num_scales):
-        side = patch_size * 2**scale
-        squares.append(
-            (int(_patch_start(centre[1:2], side)[0]), int(_patch_start(centre[0:1], side)[0]), side)
-        )
-    return squares
+    return patch_squares(
+        (location[0], location[1]), height=height, width=width, patch_size=patch_size, num_scales=num_scales
+    )
 
 
 def retina_view(patches: np.ndarray, location: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -179,10 +174,10 @@ def save_glimpse_paths(
     """Fig. 3 of the paper for a trained run: per test image, the path and then each step's glimpse."""
     import dataclasses
 
+    from attention.build import pick_device
     from attention.data.mnist import load_mnist
     from attention.data.tasks import fixed_set, to_float
     from attention.evaluate import SAMPLING_SEED_OFFSET, load_trained
-    from attention.train import pick_device
 
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)

@@ -253,9 +253,11 @@ def draw_figures(study: Study, rows: list[RowResult], out_dir: Path) -> dict[str
     """Validation curves (first finished seed of each row, stages end to end) and, where rows form a
     ``series``, error against the number of glimpses with the paper's points."""
     from attention.report.figures import plot_curves, plot_error_against_glimpses, save_figure
+    from attention.runs import load_run_config
+    from attention.tasks import TASKS
 
     figures: dict[str, Path] = {}
-    curves = []
+    curves, metric = [], "val_error_pct"
     for result in rows:
         if result.seeds:
             metrics, offset = [], 0
@@ -264,9 +266,11 @@ def draw_figures(study: Study, rows: list[RowResult], out_dir: Path) -> dict[str
                 metrics += [{**m, "epoch": m["epoch"] + offset} for m in stage]
                 offset += len(stage)
             curves.append((result.row.label, metrics))
+            # the task's own validation number (a test error, or a catch rate)
+            metric = TASKS.get(load_run_config(result.seeds[0].run_dirs[0]).data.task).selection_metric
     if curves:
         path = out_dir / "curves.png"
-        save_figure(lambda ax: plot_curves(ax, curves, "val_error_pct"), path, size=(8.0, 5.0))
+        save_figure(lambda ax: plot_curves(ax, curves, metric), path, size=(8.0, 5.0))
         figures["validation error per epoch"] = path
     series = _series_points(rows)
     if series:

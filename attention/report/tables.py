@@ -73,8 +73,8 @@ def describe(config) -> str:
 
 
 def training_label(config) -> str:
+    from attention.build import compiled_part
     from attention.config import TrainConfig
-    from attention.train import compiled_part
 
     t = config.train
     return (
