@@ -65,3 +65,20 @@ def test_correctness_bits_survive_packing():
 
     bits = torch.rand(37, generator=torch.Generator().manual_seed(1)).numpy() > 0.5
     assert (unpack(_pack(bits), 37) == bits).all()
+
+
+def test_a_run_without_weights_reports_its_recorded_single_pass_and_nothing_else(tmp_path):
+    from pathlib import Path
+
+    from attention.config import to_dict
+    from attention.report.evaluation import run_evaluation
+    from attention.runs import write_json
+
+    run = tmp_path / "probe"
+    run.mkdir()
+    write_json(run / "config.json", to_dict(resolve_config(with_overrides(Config(), {"data.task": "mnist"}))))
+    write_json(run / "result.json", {"test_error_pct": 27.0, "n_test": 10000, "protocol": {"test_seed": 2}})
+    own = run_evaluation(Path(run), test_seed=None, draws=10, cache_dir=tmp_path / "cache")
+    assert own["mean_error_pct"] == 27.0 and own["draws"] == 1 and own["weights_kept"] is False
+    assert own["first_draw_correct"] is None and own["averaged_error_pct"] is None
+    assert run_evaluation(Path(run), test_seed=3, draws=10, cache_dir=tmp_path / "cache") is None

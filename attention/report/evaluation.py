@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from attention.evaluate import load_trained
-from attention.runs import read_json, write_json
+from attention.runs import RESULT, WEIGHTS, read_json, write_json
 
 CACHE_VERSION = 1
 
@@ -63,6 +63,25 @@ def unpack(text: str, count: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:count].astype(bool)
 
 
+def single_pass_without_weights(run_dir: Path, test_seed: int) -> dict[str, Any] | None:
+    """For a run whose weights were not kept (a probe): the single pass its result.json recorded on its own
+    test set, marked so; None for any other test set, which cannot be measured without weights."""
+    result = read_json(run_dir / RESULT)
+    if result.get("protocol", {}).get("test_seed", result.get("data", {}).get("test_seed")) != test_seed:
+        return None
+    return {
+        "test_seed": test_seed,
+        "n_test": result["n_test"],
+        "draws": 1,
+        "errors_pct": [result["test_error_pct"]],
+        "mean_error_pct": result["test_error_pct"],
+        "draw_sd_pct": None,
+        "averaged_error_pct": None,
+        "first_draw_correct": None,
+        "weights_kept": False,
+    }
+
+
 def run_evaluation(
     run_dir: Path,
     *,
@@ -85,6 +104,8 @@ def run_evaluation(
     stored = read_json(cache) if cache.is_file() else {}
     if stored.get("version") == CACHE_VERSION and key in stored.get("evaluations", {}):
         return stored["evaluations"][key]
+    if not (Path(run_dir) / WEIGHTS).is_file():
+        return single_pass_without_weights(Path(run_dir), data.test_seed)
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)
     # what a draw is, and what counts as an error, is the task's (a test image, or a game missed)

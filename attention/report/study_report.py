@@ -88,6 +88,19 @@ def devices(seeds: list[SeedResult]) -> str:
     return "" if found == ["cpu"] else f" ({', '.join(found)})"
 
 
+def _error(evaluation: dict[str, Any] | None) -> float | None:
+    return None if evaluation is None else evaluation["mean_error_pct"]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def mean_text(values: list[float | None]) -> str:
+    """The mean of the values, or 'n/a' when any is missing (a run whose weights were not kept)."""
+    return "n/a" if any(v is None for v in values) else f"{np.mean(values):.2f}"
+
+
 def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str, str]:
     """One table row as named cells (the same for Markdown and CSV)."""
     row, seeds = result.row, result.seeds
@@ -103,11 +116,12 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
     cells["seeds"] = ", ".join(f"{s.main['mean_error_pct']:.2f} (s{s.seed})" for s in seeds) + (
         f"; not run: {', '.join(map(str, result.missing))}" if result.missing else ""
     )
-    cells["draw sd"] = f"{np.mean([s.main['draw_sd_pct'] for s in seeds]):.2f}"
-    cells["averaged over draws %"] = f"{np.mean([s.main['averaged_error_pct'] for s in seeds]):.2f}"
+    cells["draw sd"] = mean_text([s.main["draw_sd_pct"] for s in seeds])
+    cells["averaged over draws %"] = mean_text([s.main["averaged_error_pct"] for s in seeds])
+    if any(s.main.get("weights_kept") is False for s in seeds):
+        cells["seeds"] += " (single pass of result.json: weights not kept)"
     for test_seed in independent_seeds:
-        values = [s.independent[test_seed]["mean_error_pct"] for s in seeds]
-        cells[f"test seed {test_seed} %"] = f"{np.mean(values):.2f}"
+        cells[f"test seed {test_seed} %"] = mean_text([_error(s.independent[test_seed]) for s in seeds])
     cells["paper %"] = _pct(row.paper) + (f" ({row.paper_note})" if row.paper_note else "")
     cells["paper vs ours"] = "" if row.paper is None else where_paper_falls(row.paper, summary)
     cells["epochs"] = ", ".join(sorted({epochs_text(s) for s in seeds}))
@@ -152,6 +166,8 @@ def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
             n = a_seed.main["n_test"]
             if b_seed.main["n_test"] != n:
                 raise AttentionError(f"rows '{a_label}' and '{b_label}' were tested on different test sets")
+            if a_seed.main["first_draw_correct"] is None or b_seed.main["first_draw_correct"] is None:
+                continue  # a model whose weights were not kept cannot be paired image by image
             a_ok = unpack(a_seed.main["first_draw_correct"], n)
             b_ok = unpack(b_seed.main["first_draw_correct"], n)
             name = (
@@ -160,6 +176,10 @@ def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
             tests.append((name, mcnemar_exact(a_ok, b_ok)))
             a_bits.append(a_ok)
             b_bits.append(b_ok)
+        if not tests:
+            cells["result"] = "weights not kept: no paired test"
+            out.append(cells)
+            continue
         pooled = mcnemar_exact(np.concatenate(a_bits), np.concatenate(b_bits))
         cells["result"] = "; ".join(
             f"{name}: only A right {t.only_a}, only B right {t.only_b}, p = {t.p_value:.3g}"
@@ -236,15 +256,14 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
                 ci95_low_pct=summary.low,
                 ci95_high_pct=summary.high,
                 per_seed_pct=" ".join(f"{s.main['mean_error_pct']:.4f}" for s in seeds),
-                draw_sd_pct=float(np.mean([s.main["draw_sd_pct"] for s in seeds])),
-                averaged_over_draws_pct=float(np.mean([s.main["averaged_error_pct"] for s in seeds])),
+                draw_sd_pct=_mean([s.main["draw_sd_pct"] for s in seeds]),
+                averaged_over_draws_pct=_mean([s.main["averaged_error_pct"] for s in seeds]),
                 epochs=" / ".join(epochs_text(s) for s in seeds),
                 train_minutes=float(np.mean([minutes(s) for s in seeds])),
                 devices=" ".join(sorted({r.get("device", "cpu") for s in seeds for r in s.results})),
             )
             for test_seed in independent:
-                values = [s.independent[test_seed]["mean_error_pct"] for s in seeds]
-                line[f"test_seed_{test_seed}_pct"] = float(np.mean(values))
+                line[f"test_seed_{test_seed}_pct"] = _mean([_error(s.independent[test_seed]) for s in seeds])
         writer.writerow(line)
     return buffer.getvalue()
 
