@@ -84,6 +84,9 @@ def cli(*args: str, mnist_dir: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # as a command started from a terminal: a suite run as a shell's background job would otherwise
+        # pass on its ignored SIGINT, and Ctrl-C would not reach the worker
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
