@@ -293,18 +293,28 @@ def worker(spec: WorkerSpec) -> int:
         return population_worker(spec)
     execute, refill, (study, storage) = _execute(spec)
     ran = 0
+    while (trial := next_trial(spec, study, storage, refill)) is not None:
+        run_trial(study, storage, trial, execute, spec.heartbeat_s)
+        ran += 1
+    return ran
+
+
+def next_trial(
+    spec: WorkerSpec, study: optuna.Study, storage: optuna.storages.BaseStorage, refill: Callable[[], None]
+) -> optuna.Trial | None:
+    """The next trial this worker claims, after reaping stale trials and enqueueing what is pending; while
+    nothing waits but trials run elsewhere it waits for them (their worker may die and need a retry).
+    None when nothing waits and nothing runs."""
     while True:
         with storage_lock(spec.storage, storage):
             reap_stale(study, storage, spec.stale_after_s)
             refill()
         trial = claim(study, storage)
-        if trial is None:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-                return ran
-            time.sleep(spec.poll_s)
-            continue
-        run_trial(study, storage, trial, execute, spec.heartbeat_s)
-        ran += 1
+        if trial is not None:
+            return trial
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            return None
+        time.sleep(spec.poll_s)
 
 
 def run_trial(

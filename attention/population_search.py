@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,7 @@ from attention.engine import (
     WorkerSpec,
     claim,
     heartbeat,
-    reap_stale,
-    storage_lock,
+    next_trial,
 )
 from attention.population_train import Outcome, fit_population, population_mismatch
 from attention.train import resolve_config
@@ -59,16 +57,7 @@ def population_worker(spec: WorkerSpec) -> int:
         return resolve_config(search.config(drawn[draw]))
 
     ran = 0
-    while True:
-        with storage_lock(spec.storage, storage):
-            reap_stale(study, storage, spec.stale_after_s)
-            refill()
-        first = claim(study, storage)
-        if first is None:
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-                return ran
-            time.sleep(spec.poll_s)
-            continue
+    while (first := next_trial(spec, study, storage, refill)) is not None:
         claimed = [first]
         base = config_of(storage.get_trial(first._trial_id))
         if base is not None:
@@ -85,6 +74,7 @@ def population_worker(spec: WorkerSpec) -> int:
                 claimed.append(more)
         run_population(study, storage, claimed, search, spec)
         ran += len(claimed)
+    return ran
 
 
 def run_population(
