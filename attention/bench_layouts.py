@@ -20,15 +20,15 @@ def _train_until(args: tuple[int, dict[str, Any], float, float]) -> int:
     """Worker: warm up, then train from ``start`` until ``stop`` (wall clock); returns images trained."""
     import torch
 
+    from attention.build import make_model, resolve_config
     from attention.config import Config, with_overrides
-    from attention.data.tasks import resolve
     from attention.losses import hybrid
-    from attention.train import make_model, make_optimizer
+    from attention.train import make_optimizer
 
     threads, overrides, start, stop = args
     torch.set_num_threads(threads)
-    config = with_overrides(Config(), overrides)
-    size = resolve(config.data).canvas_size
+    config = resolve_config(with_overrides(Config(), overrides))
+    size = config.data.canvas_size
     model = make_model(config, torch.device("cpu"))
     optimizer = make_optimizer(config, model)
     batch = config.train.batch_size

@@ -181,3 +181,46 @@ def test_training_throughput_runs_on_a_forced_kernel():
         bench.TRAINING_CASES[0], batch=4, warmup=0, repeats=1, device=torch.device("cpu"), kernel=PYTORCH
     )
     assert row["images_per_s"] > 0
+
+
+def test_a_layout_worker_trains_whole_batches_of_the_bench_case_within_its_window():
+    import time
+
+    from attention.bench_layouts import _train_until
+
+    overrides = dict(bench.TRAINING_CASES[0].overrides, **{"train.batch_size": 8})
+    # the window opens at once and closes after the model is built and warmed up (well under 3 s)
+    now = time.time()
+    trained = _train_until((1, overrides, now, now + 3.0))
+    assert trained > 0 and trained % 8 == 0
+
+
+def test_layout_rows_split_the_cores_into_processes_times_threads(monkeypatch):
+    from attention import bench_layouts
+
+    monkeypatch.setattr(bench_layouts, "cores", lambda: 4)
+    calls = []
+
+    class FakePool:
+        def __init__(self, processes):
+            self.processes = processes
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, function, jobs):
+            calls.append((self.processes, jobs[0][0]))
+            return [100] * len(jobs)
+
+    class FakeContext:
+        Pool = FakePool
+
+    monkeypatch.setattr(bench_layouts.multiprocessing, "get_context", lambda name: FakeContext)
+    monkeypatch.setattr(bench_layouts.time, "time", lambda: 0.0)
+    rows = bench_layouts.measure_layouts({}, window_s=10.0)
+    assert calls == [(1, 4), (2, 2), (4, 1)]
+    assert [row["images_per_s"] for row in rows] == [10.0, 20.0, 40.0]
+    assert "<- fastest" in bench_layouts.format_layouts(rows)[-1]
