@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from search_files import tiny_search_text
 
 from attention import AttentionError
 from attention.engine import KEY, open_storage
@@ -51,24 +52,7 @@ rows = ["one stage", "two stages"]
 """
     )
     search = folder / "tiny-search.toml"
-    search.write_text(
-        f"""recipe = "recipes/tiny.toml"
-trials = {trials}
-seed = 5
-set = {{ "train.epochs" = {epochs}, {TINY} }}
-[space."train.learning_rate"]
-low = 1e-4
-high = 1e-2
-log = true
-[space."model.where.std"]
-low = 0.03
-high = 0.3
-log = true
-[pruner]
-name = "{pruner}"
-startup_trials = 1
-"""
-    )
+    search.write_text(tiny_search_text(f'"train.epochs" = {epochs}, {TINY}', trials=trials, pruner=pruner))
     return study, search
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from search_files import tiny_search_text
 
 from attention import AttentionError
 from attention.config import Config, with_overrides
@@ -258,24 +259,7 @@ def test_a_search_with_populations_runs_each_draw_once_as_its_own_trial(mnist_di
     (tmp_path / "recipes" / "tiny.toml").write_text('[data]\ntask = "mnist"\n')
     budget = ", ".join(f'"{key}" = {value}' for key, value in TINY.items())
     search_file = tmp_path / "tiny-search.toml"
-    search_file.write_text(
-        f"""recipe = "recipes/tiny.toml"
-trials = 4
-seed = 5
-set = {{ {budget} }}
-[space."train.learning_rate"]
-low = 1e-4
-high = 1e-2
-log = true
-[space."model.where.std"]
-low = 0.03
-high = 0.3
-log = true
-[pruner]
-name = "median"
-startup_trials = 1
-"""
-    )
+    search_file.write_text(tiny_search_text(budget, pruner="median"))
     storage = f"journal:{tmp_path / 'search.journal'}"
     options = {"storage": storage, "runs_dir": tmp_path / "runs", "data_dir": mnist_dir, "progress": False}
     run_search(search_file, population=3, workers=1, **options)  # a population of 3, then one of 1
