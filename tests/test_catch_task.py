@@ -25,9 +25,11 @@ AGENT = {
     "model.reader.num_scales": 3,
     "model.core.name": "lstm",
 }
-# frames of the slow learning test (about 15 minutes on one thread): the committed run's sampled validation
-# catch rate passed 1/6 after 11 million frames and was 0.27-0.30 from 12.5 million on
-SHORT_RUN_FRAMES = 12_500_000
+# frames of the slow learning test (about 11 minutes on one thread). With the recipe's constant learning rate
+# the training up to here is the committed run's own (results/runs/8c482776c7ea84fc, the same seed): its
+# sampled validation catch rate left a random agent's at about 5.5 million frames and was 0.47 at 8 million
+# and 0.63 at 9 million, so a machine whose rounding moves the start by a few million frames still passes
+SHORT_RUN_FRAMES = 9_000_000
 TINY = {
     **AGENT,
     "model.core.hidden_size": 32,
