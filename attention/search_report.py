@@ -56,10 +56,18 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return min(complete, key=lambda t: (t.value, t.number))
 
 
+def search_task(search: Search) -> Any:
+    """The task of the search's trials, which says what their objective is."""
+    from attention.tasks import TASKS
+
+    return TASKS.get(search.config({}).data.task)
+
+
 def trials_table(study: optuna.Study, search: Search) -> str:
     keys = list(search.space)
+    task = search_task(search)
     lines = [
-        "| trial | draw | " + " | ".join(keys) + " | state | best validation error % | epochs | run |",
+        "| trial | draw | " + " | ".join(keys) + f" | state | best {task.selection_label} % | epochs | run |",
         "| --- | --- | " + " | ".join("---" for _ in keys) + " | --- | --- | --- | --- |",
     ]
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -69,7 +77,7 @@ def trials_table(study: optuna.Study, search: Search) -> str:
         lines.append(
             f"| {t.number} | {t.user_attrs.get(KEY, '')} | {values} | {t.state.name.lower()}"
             + (f" ({t.user_attrs['ended_because']})" if "ended_because" in t.user_attrs else "")
-            + f" | {'' if best is None else f'{best:.2f}'} | {len(reported)}"
+            + f" | {'' if best is None else f'{task.selection_percent(best):.2f}'} | {len(reported)}"
             + f" | `{t.user_attrs.get('run_dir', '')}` |"
         )
     return "\n".join(lines) + "\n"
@@ -100,9 +108,11 @@ def write_search_report(
     out_dir = out_dir or study_folder(search.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     best = best_trial(study)
+    task = search_task(search)
+    objective = f"{task.selection_label} {task.selection_percent(best.value):.2f}%"
     header = (
-        f"Best trial of {search.path} (trial {best.number}, {best.user_attrs.get(KEY)}): validation error "
-        f"{best.value:.2f}% after the search's budget {search.budget}.\n"
+        f"Best trial of {search.path} (trial {best.number}, {best.user_attrs.get(KEY)}): {objective} "
+        f"after the search's budget {search.budget}.\n"
         f"Written by `attention search report {search.path}`; the search's recipe with the searched fields "
         "set, without its budget."
     )
@@ -124,7 +134,7 @@ def write_search_report(
             + f"Search file: `{search.path}`; storage `{url}`. "
             f"Trials: {summary}. Best: trial {best.number}, "
             + ", ".join(f"{k} = {v:.4g}" for k, v in best.params.items())
-            + f", validation error {best.value:.2f}%.\n\n"
+            + f", {objective}.\n\n"
             + trials_table(study, search)
             + "\n![optimization history](history.png)\n\n![error against each searched field](slices.png)\n"
         ).encode(),

@@ -44,3 +44,9 @@ def test_search_smoke_run_and_report(path, mnist_dir, tmp_path):
     assert summary.get("complete", 0) >= 1
     written = write_search_report(path, storage=storage, out_dir=tmp_path / "report", smoke=True)
     assert (tmp_path / "report" / "best-recipe.toml") in written
+    # the objective is named as the search's task measures it (an error, or a game's miss rate)
+    from attention.search import load_search
+    from attention.search_report import search_task
+
+    label = search_task(load_search(path)).selection_label
+    assert f"best {label} %" in (tmp_path / "report" / "report.md").read_text()

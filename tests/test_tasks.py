@@ -401,3 +401,12 @@ def test_training_clutter_comes_only_from_the_digits_within_train_limit(small_mn
     data = DataConfig(task="cluttered", canvas_size=60, train_limit=10)
     images, _ = epoch_tensors(TrainingStream(small_mnist, data, generator(0)))
     assert set(torch.unique(images).tolist()) <= {0, *range(5, 51, 5)}
+
+
+def test_each_task_names_its_objective_and_shows_it_in_percent():
+    from attention.tasks import TASKS
+
+    classify, catch = TASKS.get("mnist"), TASKS.get("catch")
+    assert "error" in classify.selection_label and classify.selection_percent(2.5) == 2.5
+    # a game's selection value is its miss rate, a fraction
+    assert "miss rate" in catch.selection_label and catch.selection_percent(0.12) == pytest.approx(12.0)

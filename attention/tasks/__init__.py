@@ -17,6 +17,8 @@ CLI rely on nothing else, and nothing outside a task's own module tests which ta
 * ``validate(model) -> (selection, row)``: after an epoch; ``selection`` is lower-is-better and picks the
   best weights, ``row`` joins the epoch's metrics.
 * ``selection_metric``: the key of the validation number in a metrics row (for curves).
+* ``selection_label`` and ``selection_percent(selection)`` (static): how reports name and show a
+  selection value (a search's objective) in %.
 * ``selection_result(best) -> dict``: how the best selection value is reported in the result;
   ``result_selection(result)`` and ``epoch_selection(row)`` (static) read it back from a result or a
   metrics row, lower is better (what a search minimises and its pruner watches).

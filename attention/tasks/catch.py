@@ -151,6 +151,7 @@ class CatchTask:
     """The Catch task; see the module docstring and docs/catch.md."""
 
     selection_metric = "val_catch_rate"  # the metrics row's validation number
+    selection_label = "validation miss rate (1 - sampled catch rate)"
 
     def __init__(self, config: Config, *, data_dir: str | Path | None, device: torch.device):
         self.config = config
@@ -293,6 +294,10 @@ class CatchTask:
     @staticmethod
     def epoch_selection(row: dict[str, Any]) -> float:
         return 1.0 - float(row[CatchTask.selection_metric])
+
+    @staticmethod
+    def selection_percent(selection: float) -> float:
+        return 100.0 * selection  # the miss rate, a fraction
 
     def evaluate(self, model: torch.nn.Module, test_seed: int | None = None) -> dict[str, Any]:
         """Catch rate over ``game.test_games`` fresh games from the test seed, with sampled and with greedy

@@ -94,6 +94,7 @@ class ClassifyTask:
     """Image classification (tasks ``mnist``, ``translated``, ``cluttered``); see the module docstring."""
 
     selection_metric = "val_error_pct"  # the metrics row's validation number
+    selection_label = "validation error"  # what a search minimises, as its reports name it (in %)
 
     def __init__(self, config: Config, *, data_dir: str | Path | None, device: torch.device):
         self.config = config
@@ -190,6 +191,10 @@ class ClassifyTask:
     @staticmethod
     def epoch_selection(row: dict[str, Any]) -> float:
         return float(row["val_error_pct"])
+
+    @staticmethod
+    def selection_percent(selection: float) -> float:
+        return selection
 
     def evaluate(self, model: torch.nn.Module, test_seed: int | None = None) -> dict[str, Any]:
         return evaluate_model(model, self.config, self.mnist, device=self.device, test_seed=test_seed)
