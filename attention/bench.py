@@ -157,14 +157,16 @@ def training_throughput(
         )
 
 
-def _training_throughput(
-    case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist, device: torch.device
-) -> dict[str, Any]:
+def synthetic_training_step(
+    overrides: dict[str, Any], *, batch: int, device: torch.device
+) -> tuple[Config, Callable[..., None]]:
+    """The bench's training step: the model of ``overrides`` trained on one fixed random batch (what a
+    training step runs, compiled or not; no data generation). ``step(images, labels)`` takes another batch."""
     from attention.build import make_model, training_unroll
-    from attention.data.tasks import TrainingStream, resolve, to_float
+    from attention.data.tasks import resolve
     from attention.train import make_optimizer
 
-    config = with_overrides(Config(), case.overrides)
+    config = with_overrides(Config(), overrides)
     config = with_overrides(config, {"data.canvas_size": resolve(config.data).canvas_size})
     size = config.data.canvas_size
     model = make_model(config, device)
@@ -172,7 +174,7 @@ def _training_throughput(
     generator = torch.Generator(device=device).manual_seed(0)
     images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(10, (batch,), generator=torch.Generator().manual_seed(1)).to(device)
-    unroll = training_unroll(model, config)  # what a training step runs, compiled or not
+    unroll = training_unroll(model, config)
 
     def step(images=images, labels=labels):
         rollout = unroll(images, generator)
@@ -183,6 +185,15 @@ def _training_throughput(
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return config, step
+
+
+def _training_throughput(
+    case: TrainingCase, *, batch: int, warmup: int, repeats: int, mnist, device: torch.device
+) -> dict[str, Any]:
+    from attention.data.tasks import TrainingStream, to_float
+
+    config, step = synthetic_training_step(case.overrides, batch=batch, device=device)
     row = {
         "config": case.name + compiled_label(case),
         "overrides": case.overrides,

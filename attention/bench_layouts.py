@@ -20,28 +20,13 @@ def _train_until(args: tuple[int, dict[str, Any], float, float]) -> int:
     """Worker: warm up, then train from ``start`` until ``stop`` (wall clock); returns images trained."""
     import torch
 
-    from attention.build import make_model, resolve_config
+    from attention.bench import synthetic_training_step
     from attention.config import Config, with_overrides
-    from attention.losses import hybrid
-    from attention.train import make_optimizer
 
     threads, overrides, start, stop = args
     torch.set_num_threads(threads)
-    config = resolve_config(with_overrides(Config(), overrides))
-    size = config.data.canvas_size
-    model = make_model(config, torch.device("cpu"))
-    optimizer = make_optimizer(config, model)
-    batch = config.train.batch_size
-    images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0))
-    labels = torch.randint(10, (batch,), generator=torch.Generator().manual_seed(1))
-    generator = torch.Generator().manual_seed(2)
-
-    def step() -> None:
-        loss = hybrid(model.unroll(images, sample=True, generator=generator), labels).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    batch = with_overrides(Config(), overrides).train.batch_size
+    _, step = synthetic_training_step(overrides, batch=batch, device=torch.device("cpu"))
     for _ in range(WARMUP_STEPS):
         step()
     while time.time() < start:

@@ -63,9 +63,8 @@ def search_task(search: Search) -> Any:
     return TASKS.get(search.config({}).data.task)
 
 
-def trials_table(study: optuna.Study, search: Search) -> str:
+def trials_table(study: optuna.Study, search: Search, task: Any) -> str:
     keys = list(search.space)
-    task = search_task(search)
     lines = [
         "| trial | draw | " + " | ".join(keys) + f" | state | best {task.selection_label} % | epochs | run |",
         "| --- | --- | " + " | ".join("---" for _ in keys) + " | --- | --- | --- | --- |",
@@ -135,7 +134,7 @@ def write_search_report(
             f"Trials: {summary}. Best: trial {best.number}, "
             + ", ".join(f"{k} = {v:.4g}" for k, v in best.params.items())
             + f", {objective}.\n\n"
-            + trials_table(study, search)
+            + trials_table(study, search, task)
             + "\n![optimization history](history.png)\n\n![error against each searched field](slices.png)\n"
         ).encode(),
     )

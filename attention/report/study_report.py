@@ -98,7 +98,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 def mean_text(values: list[float | None]) -> str:
     """The mean of the values, or 'n/a' when any is missing (a run whose weights were not kept)."""
-    return "n/a" if any(v is None for v in values) else f"{np.mean(values):.2f}"
+    mean = _mean(values)
+    return "n/a" if mean is None else f"{mean:.2f}"
 
 
 def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str, str]:
