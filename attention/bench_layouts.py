@@ -7,35 +7,26 @@ the same wall-clock window; its figure is the images per second summed over the 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import time
 from typing import Any
+
+from attention.bench_together import train_together
 
 WINDOW_S = 20.0
 WARMUP_STEPS = 5
 
 
-def _train_until(args: tuple[int, dict[str, Any], float, float]) -> int:
-    """Worker: warm up, then train from ``start`` until ``stop`` (wall clock); returns images trained."""
+def _prepare(threads: int, overrides: dict[str, Any]) -> tuple[Any, int]:
+    """One process of a layout: its threads, and the bench case's training step (bench_together)."""
     import torch
 
     from attention.bench import synthetic_training_step
     from attention.config import Config, with_overrides
 
-    threads, overrides, start, stop = args
     torch.set_num_threads(threads)
     batch = with_overrides(Config(), overrides).train.batch_size
     _, step = synthetic_training_step(overrides, batch=batch, device=torch.device("cpu"))
-    for _ in range(WARMUP_STEPS):
-        step()
-    while time.time() < start:
-        time.sleep(0.01)
-    trained = 0
-    while time.time() < stop:
-        step()
-        trained += batch
-    return trained
+    return step, batch
 
 
 def cores() -> int:
@@ -46,20 +37,16 @@ def measure_layouts(overrides: dict[str, Any], *, window_s: float = WINDOW_S) ->
     """Images/s summed over the processes for every way to split the cores into P processes x T threads."""
     total = cores()
     layouts = [(p, total // p) for p in range(1, total + 1) if total % p == 0]
-    context = multiprocessing.get_context("spawn")
     rows = []
     for processes, threads in layouts:
-        # every process starts the clock together, after its own start-up and warm-up
-        start = time.time() + 30.0 + 5.0 * processes
-        stop = start + window_s
-        with context.Pool(processes) as pool:
-            trained = pool.map(_train_until, [(threads, overrides, start, stop)] * processes)
+        jobs = [(threads, overrides)] * processes
+        rates = train_together(_prepare, jobs, warmup_steps=WARMUP_STEPS, window_s=window_s)
         rows.append(
             {
                 "processes": processes,
                 "threads_each": threads,
-                "images_per_s": sum(trained) / window_s,
-                "per_process": [n / window_s for n in trained],
+                "images_per_s": sum(rates),
+                "per_process": rates,
             }
         )
     return rows

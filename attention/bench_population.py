@@ -12,15 +12,17 @@ two cores go through their images.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from attention.bench_together import train_together
 
 WINDOW_S = 10.0
 ROUNDS = 2
 WARMUP_STEPS = 3
 BATCH = 128
+SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # population sizes of the one-process sweep on a GPU
 
 
 @dataclass(frozen=True)
@@ -122,25 +124,14 @@ def _stepper(population: int, overrides: dict[str, Any], device: Any):
     return synchronized_step
 
 
-def _train_until(args: tuple[Layout, dict[str, Any], str, float, float]) -> int:
-    """Worker: build K trials, warm up, then train from ``start`` to ``stop`` (wall clock); returns the
-    images trained, summed over the trials."""
+def _prepare(layout: Layout, overrides: dict[str, Any], device_name: str) -> tuple[Any, int]:
+    """One process of a layout: its threads, and a step that trains its K trials (bench_together)."""
     import torch
 
-    layout, overrides, device_name, start, stop = args
     device = torch.device(device_name)
     if device.type == "cpu":
         torch.set_num_threads(layout.threads)
-    step = _stepper(layout.population, overrides, device)
-    for _ in range(WARMUP_STEPS):
-        step()
-    while time.time() < start:
-        time.sleep(0.01)
-    trained = 0
-    while time.time() < stop:
-        step()
-        trained += layout.population * BATCH
-    return trained
+    return _stepper(layout.population, overrides, device), layout.population * BATCH
 
 
 def paired_on_one_thread(overrides: dict[str, Any], *, size: int = 8, repeats: int = 10) -> dict[str, Any]:
@@ -197,21 +188,18 @@ def measure_population(
 
     cores = cores or count_cores()
     layouts = gpu_layouts(size) if device.startswith("cuda") else cpu_layouts(size, cores)
-    context = multiprocessing.get_context("spawn")
-    trained: dict[str, list[list[int]]] = {layout.label: [] for layout in layouts}
+    rates: dict[str, list[list[float]]] = {layout.label: [] for layout in layouts}
     for round_ in range(rounds):
         shift = round_ % len(layouts)
         for layout in layouts[shift:] + layouts[:shift]:
             progress(f"population bench, round {round_ + 1}/{rounds}: {layout.label}")
-            # every process starts the clock together, after its own start-up and warm-up
-            start = time.time() + 20.0 + 5.0 * layout.processes + 0.5 * layout.population
-            stop = start + window_s
-            with context.Pool(layout.processes) as pool:
-                jobs = [(layout, overrides, device, start, stop)] * layout.processes
-                trained[layout.label].append(pool.map(_train_until, jobs))
+            jobs = [(layout, overrides, device)] * layout.processes
+            rates[layout.label].append(
+                train_together(_prepare, jobs, warmup_steps=WARMUP_STEPS, window_s=window_s)
+            )
     rows = []
     for layout in layouts:
-        per_round = [sum(images) / window_s for images in trained[layout.label]]
+        per_round = [sum(per_process) for per_process in rates[layout.label]]
         rows.append(
             {
                 "layout": layout.label,
@@ -220,11 +208,64 @@ def measure_population(
                 "population": layout.population,
                 "images_per_s": sum(per_round) / rounds,
                 "per_round": per_round,
-                "per_process": [[n / window_s for n in images] for images in trained[layout.label]],
+                "per_process": rates[layout.label],
                 "window_s": window_s,
             }
         )
     return rows
+
+
+def saturation(
+    overrides: dict[str, Any],
+    *,
+    device: str,
+    sizes: tuple[int, ...] = SWEEP,
+    seconds: float = 3.0,
+    progress=print,
+) -> list[dict[str, Any]]:
+    """Images/s summed over the trials for a population of each of ``sizes``, one after another in this
+    process (size 1: one trial alone, the ordinary step): where the figure stops growing, the device is
+    full and a bigger population no longer pays. Each size is timed for at least ``seconds`` and 3 steps
+    after its warm-up."""
+    import torch
+
+    rows = []
+    for size in sizes:
+        progress(f"population bench, sweep: population of {size}")
+        try:
+            step = _stepper(size, overrides, torch.device(device))
+            for _ in range(WARMUP_STEPS):
+                step()
+            steps, started = 0, time.perf_counter()
+            while steps < 3 or time.perf_counter() - started < seconds:
+                step()
+                steps += 1
+        except torch.OutOfMemoryError:  # the device's memory, not its speed, ends the sweep
+            rows.append({"population": size, "images_per_s": None, "step_ms": None, "out_of_memory": True})
+            break
+        finally:
+            step = None
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        elapsed = time.perf_counter() - started
+        images_per_s = size * BATCH * steps / elapsed
+        rows.append({"population": size, "images_per_s": images_per_s, "step_ms": 1e3 * elapsed / steps})
+    return rows
+
+
+def format_saturation(rows: list[dict[str, Any]]) -> list[str]:
+    alone = rows[0]["images_per_s"] if rows and rows[0]["population"] == 1 else float("nan")
+    lines = ["", "One process, populations of growing size (training images/s summed over the trials)", ""]
+    for row in rows:
+        label = "1 trial alone" if row["population"] == 1 else f"population of {row['population']}"
+        if row.get("out_of_memory"):
+            lines.append(f"  {label:<24} out of the device's memory")
+            continue
+        lines.append(
+            f"  {label:<24} {row['images_per_s']:>10.0f}   {row['images_per_s'] / alone:6.2f}x   "
+            f"step {row['step_ms']:.1f} ms"
+        )
+    return lines
 
 
 def format_paired(paired: dict[str, Any]) -> list[str]:

@@ -194,10 +194,13 @@ def _bench_population(args: argparse.Namespace) -> None:
     """``bench --population K``: only the comparison of a population with the same trials alone."""
     from attention import bench
     from attention.bench_population import (
+        SWEEP,
         format_paired,
         format_population,
+        format_saturation,
         measure_population,
         paired_on_one_thread,
+        saturation,
     )
     from attention.runs import write_json
     from attention.train import pick_device
@@ -215,16 +218,31 @@ def _bench_population(args: argparse.Namespace) -> None:
         rounds=1 if args.quick else (args.rounds or 2),
         progress=lambda message: print(message, file=sys.stderr),
     )
-    paired = None
+    paired = sweep = None
     if device.type == "cpu":
         print("population bench: one thread, paired steps", file=sys.stderr)
         paired = paired_on_one_thread(case.overrides, size=args.population, repeats=3 if args.quick else 10)
+    else:  # where a GPU fills up: a population of growing size in one process
+        sweep = saturation(
+            case.overrides,
+            device=str(device),
+            sizes=(1, 2, args.population) if args.quick else tuple(sorted({*SWEEP, args.population})),
+            seconds=1.0 if args.quick else 3.0,
+            progress=lambda message: print(message, file=sys.stderr),
+        )
     result = {
         "machine": bench.machine(device),
-        "population": {"case": case.name, "size": args.population, "rows": rows, "one_thread": paired},
+        "population": {
+            "case": case.name,
+            "size": args.population,
+            "rows": rows,
+            "one_thread": paired,
+            "sweep": sweep,
+        },
     }
     print("\n".join([*bench.describe_kernel(result["machine"]["linear_kernel"]), f"Case: {case.name}"]))
-    print("\n".join(format_population(rows) + (format_paired(paired) if paired else [])))
+    lines = format_population(rows) + (format_paired(paired) if paired else [])
+    print("\n".join(lines + (format_saturation(sweep) if sweep else [])))
     print(f"load average at the end: {result['machine']['load_average']}")
     if args.json:
         write_json(Path(args.json), result)

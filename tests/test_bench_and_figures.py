@@ -183,16 +183,14 @@ def test_training_throughput_runs_on_a_forced_kernel():
     assert row["images_per_s"] > 0
 
 
-def test_a_layout_worker_trains_whole_batches_of_the_bench_case_within_its_window():
-    import time
-
-    from attention.bench_layouts import _train_until
+def test_processes_trained_together_report_their_images_per_second_over_the_window():
+    from attention.bench_layouts import _prepare
+    from attention.bench_together import train_together
 
     overrides = dict(bench.TRAINING_CASES[0].overrides, **{"train.batch_size": 8})
-    # the window opens at once and closes after the model is built and warmed up (well under 3 s)
-    now = time.time()
-    trained = _train_until((1, overrides, now, now + 3.0))
-    assert trained > 0 and trained % 8 == 0
+    # two real processes of the layout bench: each builds and warms up, waits for the other, then trains
+    rates = train_together(_prepare, [(1, overrides)] * 2, warmup_steps=1, window_s=0.5)
+    assert len(rates) == 2 and all(rate > 0 for rate in rates)
 
 
 def test_layout_rows_split_the_cores_into_processes_times_threads(monkeypatch):
@@ -201,26 +199,12 @@ def test_layout_rows_split_the_cores_into_processes_times_threads(monkeypatch):
     monkeypatch.setattr(bench_layouts, "cores", lambda: 4)
     calls = []
 
-    class FakePool:
-        def __init__(self, processes):
-            self.processes = processes
+    def fake_together(prepare, jobs, *, warmup_steps, window_s):
+        calls.append((len(jobs), jobs[0][0]))  # (processes, threads each)
+        return [100.0] * len(jobs)
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def map(self, function, jobs):
-            calls.append((self.processes, jobs[0][0]))
-            return [100] * len(jobs)
-
-    class FakeContext:
-        Pool = FakePool
-
-    monkeypatch.setattr(bench_layouts.multiprocessing, "get_context", lambda name: FakeContext)
-    monkeypatch.setattr(bench_layouts.time, "time", lambda: 0.0)
+    monkeypatch.setattr(bench_layouts, "train_together", fake_together)
     rows = bench_layouts.measure_layouts({}, window_s=10.0)
     assert calls == [(1, 4), (2, 2), (4, 1)]
-    assert [row["images_per_s"] for row in rows] == [10.0, 20.0, 40.0]
+    assert [row["images_per_s"] for row in rows] == [100.0, 200.0, 400.0]
     assert "<- fastest" in bench_layouts.format_layouts(rows)[-1]

@@ -299,3 +299,26 @@ def test_the_population_bench_compares_the_trials_alone_with_populations_on_ever
     ]
     lines = format_population(rows)
     assert "1.60x" in lines[-1] and "summed over the trials" in lines[0]
+
+
+def test_the_population_sweep_times_each_size_and_stops_where_the_memory_ends(monkeypatch):
+    from attention import bench_population
+    from attention.bench_population import format_saturation, saturation
+
+    small = {**TINY, "data.task": "mnist"}
+    rows = saturation(small, device="cpu", sizes=(1, 2), seconds=0.0)
+    assert [row["population"] for row in rows] == [1, 2]
+    assert all(row["images_per_s"] > 0 and row["step_ms"] > 0 for row in rows)
+    assert "1 trial alone" in format_saturation(rows)[3] and "1.00x" in format_saturation(rows)[3]
+
+    real_stepper = bench_population._stepper
+
+    def out_of_memory_above_two(population, overrides, device):
+        if population > 2:
+            raise torch.OutOfMemoryError("fake: the device is full")
+        return real_stepper(population, overrides, device)
+
+    monkeypatch.setattr(bench_population, "_stepper", out_of_memory_above_two)
+    rows = saturation(small, device="cpu", sizes=(1, 2, 4, 8), seconds=0.0)
+    assert [row["population"] for row in rows] == [1, 2, 4] and rows[-1]["out_of_memory"]
+    assert "out of the device's memory" in format_saturation(rows)[-1]
