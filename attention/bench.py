@@ -393,9 +393,12 @@ def describe_kernel(report: dict[str, Any]) -> list[str]:
         f" ({cpu['vendor']} family {cpu['family']} model {cpu['model']})" if cpu.get("family") else ""
     )
     vector = " ".join(cpu["vector_extensions"] or []) or "unknown"
-    kernel = report["kernel"] or "no product run"
+    if report["kernel"] is None:  # e.g. every product ran on a GPU, where PyTorch's CUDA kernels run them
+        kernel_line = "Linear layers: no product ran on the CPU in this process (the kernel is chosen there)"
+    else:
+        kernel_line = f"Linear layers: {report['kernel']} kernel ({report['rule']}: {report['reason']})"
     return [
-        f"Linear layers: {kernel} kernel ({report['rule']}: {report['reason']})",
+        kernel_line,
         f"CPU: {cpu['model_name']}{generation}, {cpu['logical_cpus']} logical CPUs, {report['threads']}"
         f" threads; PyTorch dispatch {cpu['torch_cpu_capability']}; oneDNN ISA {cpu['onednn_isa']};"
         f" vector: {vector}",

@@ -240,7 +240,8 @@ def _bench_population(args: argparse.Namespace) -> None:
             "sweep": sweep,
         },
     }
-    print("\n".join([*bench.describe_kernel(result["machine"]["linear_kernel"]), f"Case: {case.name}"]))
+    gpu = [f"GPU: {result['machine']['gpu']}"] if result["machine"].get("gpu") else []
+    print("\n".join([*bench.describe_kernel(result["machine"]["linear_kernel"]), *gpu, f"Case: {case.name}"]))
     lines = format_population(rows) + (format_paired(paired) if paired else [])
     print("\n".join(lines + (format_saturation(sweep) if sweep else [])))
     print(f"load average at the end: {result['machine']['load_average']}")

@@ -301,3 +301,25 @@ def test_a_search_without_a_space_is_refused(tmp_path):
 def test_sqlite_storage_is_refused_with_what_to_use_instead():
     with pytest.raises(AttentionError, match="journal file"):
         open_storage("sqlite:///x.db")
+
+
+def test_the_pruner_stops_a_trial_before_its_last_epoch_but_never_at_it():
+    from attention.search import report_epoch
+
+    # a median pruner with no start-up trials prunes the worse of two trials at any step they share
+    study = optuna.create_study(pruner=optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=0))
+    good = study.ask()
+    for epoch in (1, 2, 3):
+        good.report(1.0, epoch)
+    study.tell(good, 1.0)
+
+    early = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        report_epoch(early, {"epoch": 2, "val_error_pct": 50.0}, last_epoch=3)
+    study.tell(early, state=TrialState.PRUNED)
+
+    late = study.ask()  # as worse at its last epoch: the work is done, its value is kept
+    report_epoch(late, {"epoch": 3, "val_error_pct": 50.0}, last_epoch=3)
+    assert late.should_prune()  # the pruner would have stopped it
+    study.tell(late, 50.0)
+    assert study.trials[-1].state == TrialState.COMPLETE
