@@ -158,10 +158,12 @@ def training_throughput(
 
 
 def synthetic_training_step(
-    overrides: dict[str, Any], *, batch: int, device: torch.device
+    overrides: dict[str, Any], *, batch: int, device: torch.device, check_gradient_norm: bool = False
 ) -> tuple[Config, Callable[..., None]]:
     """The bench's training step: the model of ``overrides`` trained on one fixed random batch (what a
-    training step runs, compiled or not; no data generation). ``step(images, labels)`` takes another batch."""
+    training step runs, compiled or not; no data generation). ``step(images, labels)`` takes another batch.
+    ``check_gradient_norm``: also fit's per-step checks of the loss and the gradient norm (its divergence
+    check), as a search's trial alone runs them, to compare with a population's step."""
     from attention.build import make_model, training_unroll
     from attention.data.tasks import resolve
     from attention.train import make_optimizer
@@ -179,8 +181,12 @@ def synthetic_training_step(
     def step(images=images, labels=labels):
         rollout = unroll(images, generator)
         loss = hybrid(rollout, labels).total
+        if check_gradient_norm:
+            torch.isfinite(loss).item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if check_gradient_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()

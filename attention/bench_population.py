@@ -56,72 +56,61 @@ def gpu_layouts(size: int) -> list[Layout]:
     ]
 
 
+def _trial_overrides(overrides: dict[str, Any], k: int) -> dict[str, Any]:
+    """Trial k as a search draws it: its own seed, learning rate and std."""
+    return {
+        **overrides,
+        "train.seed": k,
+        "train.learning_rate": 1e-4 * 1.5**k,
+        "model.where.std": 0.05 + 0.02 * k,
+    }
+
+
 def _stepper(population: int, overrides: dict[str, Any], device: Any):
-    """A training step of ``population`` trials on synthetic batches: K = 1 the ordinary model, optimizer
-    and loss that ``fit`` runs, else a population with fit_population's per-step work."""
+    """A training step of ``population`` trials on synthetic batches: K = 1 the bench's ordinary step with
+    fit's gradient-norm check, else a population with fit_population's per-step work."""
     import torch
 
+    from attention.bench import synthetic_training_step
     from attention.config import Config, with_overrides
-    from attention.losses import hybrid
     from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
-    from attention.train import make_model, make_optimizer, resolve_config
+    from attention.train import make_model, resolve_config
 
-    # trials as a search draws them: their own seed, learning rate and std
-    configs = [
-        resolve_config(
-            with_overrides(
-                Config(),
-                {
-                    **overrides,
-                    "train.seed": k,
-                    "train.learning_rate": 1e-4 * 1.5**k,
-                    "model.where.std": 0.05 + 0.02 * k,
-                },
-            )
+    if population == 1:
+        _, step = synthetic_training_step(
+            _trial_overrides(overrides, 0), batch=BATCH, device=device, check_gradient_norm=True
         )
-        for k in range(population)
+        return step
+
+    configs = [
+        resolve_config(with_overrides(Config(), _trial_overrides(overrides, k))) for k in range(population)
     ]
     size = configs[0].data.canvas_size
     k = population
     images = torch.rand(k, BATCH, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     labels = torch.randint(10, (k, BATCH), generator=torch.Generator().manual_seed(1)).to(device)
     generators = [torch.Generator(device=device).manual_seed(2 + i) for i in range(k)]
-    models = [make_model(config, device) for config in configs]
-    if k == 1:
-        model, optimizer = models[0], make_optimizer(configs[0], models[0])
+    stacked = PopulationRAM.from_models([make_model(config, device) for config in configs])
+    adam = PopulationAdam(stacked, learning_rates=[c.train.learning_rate for c in configs])
+    active = [True] * k
 
-        def step() -> None:
-            loss = hybrid(model.unroll(images[0], sample=True, generator=generators[0]), labels[0]).total
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # fit's divergence check
-            optimizer.step()
-
-    else:
-        stacked = PopulationRAM.from_models(models)
-        adam = PopulationAdam(stacked, learning_rates=[c.train.learning_rate for c in configs])
-        active = [True] * k
-
-        def step() -> None:
-            terms = hybrid_per_trial(
-                stacked.unroll(images, sample=True, generators=generators),
-                labels,
-                reinforce_weight=1.0,
-                baseline_weight=1.0,
-            )
-            torch.isfinite(terms.total).tolist()  # fit_population's per-step divergence check
-            adam.zero_grad()
-            terms.total.sum().backward()
-            grad = stacked.flat_grad()
-            torch.isfinite(grad.pow(2).sum(dim=1)).tolist()
-            adam.step(grad, active)
-
-    def synchronized_step() -> None:
-        step()
+    def step() -> None:
+        terms = hybrid_per_trial(
+            stacked.unroll(images, sample=True, generators=generators),
+            labels,
+            reinforce_weight=1.0,
+            baseline_weight=1.0,
+        )
+        torch.isfinite(terms.total).tolist()  # fit_population's per-step divergence check
+        adam.zero_grad()
+        terms.total.sum().backward()
+        grad = stacked.flat_grad()
+        torch.isfinite(grad.pow(2).sum(dim=1)).tolist()
+        adam.step(grad, active)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return synchronized_step
+    return step
 
 
 def _prepare(layout: Layout, overrides: dict[str, Any], device_name: str) -> tuple[Any, int]:

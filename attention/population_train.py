@@ -49,8 +49,7 @@ from attention.runs import (
     write_metrics,
 )
 from attention.train import (
-    _diverged,
-    _generator,
+    divergence_message,
     load_initial_weights,
     lr_factor,
     make_model,
@@ -59,6 +58,7 @@ from attention.train import (
     pick_device,
     record_validation,
     resolve_config,
+    seeded_generator,
 )
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def fit_population(
             population,
             validation,
             sample=False,
-            generators=[_generator(first.data.validation_seed, device_) for _ in trials],
+            generators=[seeded_generator(first.data.validation_seed, device_) for _ in trials],
             batch_size=t.eval_batch_size,
             device=device_,
         )
@@ -280,7 +280,7 @@ def _open_trial(
         model=model,
         optimizer=make_optimizer(config, model),
         data_generator=data_generator,
-        sample_generator=_generator(config.train.seed + 1, device),
+        sample_generator=seeded_generator(config.train.seed + 1, device),
         stream=TrainingStream(mnist, config.data, data_generator),
         init_digest=init_digest,
     )
@@ -368,7 +368,7 @@ def _train_epoch(
         finite = torch.isfinite(totals).tolist()
         for k, trial in enumerate(trials):
             if active[k] and not finite[k]:
-                trial.diverged = _diverged(
+                trial.diverged = divergence_message(
                     "loss", totals[k].item(), trial.state["epoch"], step, trial.run_dir
                 )
                 active[k] = False
@@ -381,7 +381,7 @@ def _train_epoch(
         norm_finite = torch.isfinite(norms).tolist()
         for k, trial in enumerate(trials):
             if active[k] and not norm_finite[k]:
-                trial.diverged = _diverged(
+                trial.diverged = divergence_message(
                     "gradient norm", norms[k].item(), trial.state["epoch"], step, trial.run_dir
                 )
                 active[k] = False

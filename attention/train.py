@@ -91,11 +91,13 @@ def lr_factor(config: Config, progress: float, epoch: int, plateau_factor: float
     return 1.0
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A random stream of its own on ``device`` (location samples, validation draws)."""
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _diverged(what: str, value: float, epoch: int, step: int, run_dir: Path) -> str:
+def divergence_message(what: str, value: float, epoch: int, step: int, run_dir: Path) -> str:
+    """The one-line error for a loss or gradient norm that became non-finite (fit and populations)."""
     kept = (
         f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}" if epoch else "no epoch had finished"
     )
@@ -137,13 +139,13 @@ def train_epoch(
             group["lr"] = lr
         terms, n = step_losses(batch, sample_generator)
         if not torch.isfinite(terms.total):
-            raise AttentionError(_diverged("loss", terms.total.item(), epoch, step, run_dir))
+            raise AttentionError(divergence_message("loss", terms.total.item(), epoch, step, run_dir))
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         # The norm is needed anyway to catch non-finite gradients before they reach the weights.
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
         if not torch.isfinite(norm):
-            raise AttentionError(_diverged("gradient norm", norm.item(), epoch, step, run_dir))
+            raise AttentionError(divergence_message("gradient norm", norm.item(), epoch, step, run_dir))
         optimizer.step()
         seen += n
         errors += terms.errors.item()
@@ -432,7 +434,7 @@ def fit(
         model=model,
         optimizer=make_optimizer(config, model),
         task=task,
-        sample_generator=_generator(config.train.seed + 1, device_),
+        sample_generator=seeded_generator(config.train.seed + 1, device_),
         device=device_,
     )
     metrics: list[dict[str, Any]] = []
