@@ -229,7 +229,7 @@ def saturation(
             while steps < 3 or time.perf_counter() - started < seconds:
                 step()
                 steps += 1
-        except torch.OutOfMemoryError:  # the device's memory, not its speed, ends the sweep
+        except torch.cuda.OutOfMemoryError:  # the device's memory, not its speed, ends the sweep
             rows.append({"population": size, "images_per_s": None, "step_ms": None, "out_of_memory": True})
             break
         finally:
@@ -243,7 +243,7 @@ def saturation(
 
 
 def format_saturation(rows: list[dict[str, Any]]) -> list[str]:
-    alone = rows[0]["images_per_s"] if rows and rows[0]["population"] == 1 else float("nan")
+    alone = (rows[0]["images_per_s"] if rows and rows[0]["population"] == 1 else None) or float("nan")
     lines = ["", "One process, populations of growing size (training images/s summed over the trials)", ""]
     for row in rows:
         label = "1 trial alone" if row["population"] == 1 else f"population of {row['population']}"

@@ -226,7 +226,7 @@ def _bench_population(args: argparse.Namespace) -> None:
         sweep = saturation(
             case.overrides,
             device=str(device),
-            sizes=(1, 2, args.population) if args.quick else tuple(sorted({*SWEEP, args.population})),
+            sizes=tuple(sorted({1, 2, args.population} if args.quick else {*SWEEP, args.population})),
             seconds=1.0 if args.quick else 3.0,
             progress=lambda message: print(message, file=sys.stderr),
         )

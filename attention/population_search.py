@@ -106,7 +106,7 @@ def run_population(
                 device=spec.device,
                 resume=True,
                 progress=spec.progress,
-                on_epoch=lambda k, row: report_epoch(claimed[k], row, last_epoch=runs[k][0].train.epochs),
+                on_epoch=lambda k, row, final: report_epoch(claimed[k], row, final=final),
                 on_end=on_end,
             )
         except KeyboardInterrupt:

@@ -153,13 +153,14 @@ def fit_population(
     device: str | None = None,
     resume: bool = True,
     progress: bool = True,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any], bool], None] | None = None,
     on_end: Callable[[int, Outcome], None] | None = None,
 ) -> list[Outcome]:
     """Train ``configs`` as one population; returns each trial's outcome (its result, or the exception
     that ended it), in order, and calls ``on_end(k, outcome)`` as soon as trial k ends.
 
-    ``on_epoch(k, row)`` is called with trial k's metrics after each of its epochs, once its checkpoint is
+    ``on_epoch(k, row, final)`` is called with trial k's metrics after each of its epochs (``final``: the
+    trial ends after it, as ``fit``'s ``on_epoch`` says), once its checkpoint is
     written; an exception it raises ends trial k only, leaving its run resumable. A trial whose loss or
     gradient norm becomes non-finite ends with the :class:`AttentionError` ``fit`` would raise. A trial
     whose run is finished returns its result without training; an unfinished one continues from its
@@ -230,7 +231,7 @@ def fit_population(
             outcome = _end_epoch(trial, k, population, optimizer, training[k], val_errors[k], epoch_seconds)
             try:
                 if on_epoch is not None:
-                    on_epoch(trial.index, trial.metrics[-1])
+                    on_epoch(trial.index, trial.metrics[-1], outcome)
             except (
                 Exception
             ) as error:  # the caller's decision (a pruner, an abandoned trial): this trial only

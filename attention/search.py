@@ -180,8 +180,6 @@ def items(search: Search) -> list[Item]:
 
 def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
     """What a worker runs for a search (see :func:`attention.engine.worker`)."""
-    import torch
-
     from attention.tasks import TASKS
     from attention.train import fit
 
@@ -206,10 +204,9 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
     def execute(trial: optuna.Trial) -> float:
         config, run_dir = trial_run(search, trial, runs_dir)
         task = TASKS.get(config.data.task)  # its own selection number, lower is better
-        last_epoch = task(config, data_dir=spec.data_dir, device=torch.device("cpu")).num_epochs
 
-        def report(row: dict[str, Any]) -> None:
-            report_epoch(trial, row, last_epoch=last_epoch, selection=task.epoch_selection)
+        def report(row: dict[str, Any], final: bool) -> None:
+            report_epoch(trial, row, final=final, selection=task.epoch_selection)
 
         result = fit(
             config,
@@ -229,16 +226,17 @@ def report_epoch(
     trial: optuna.Trial,
     row: dict[str, Any],
     *,
-    last_epoch: int,
+    final: bool,
     selection: Callable[[dict[str, Any]], float] = lambda row: row["val_error_pct"],
 ) -> None:
     """After each epoch of a trial: stop if it was failed as stale meanwhile, report its validation error
-    to the pruner, and raise ``optuna.TrialPruned`` if the pruner stops it. Never after ``last_epoch``
-    (the budget's end): pruning there saves no work and would throw away a finished trial's value (a
-    population trains its trials in step, so a median pruner's first decisions can come only there)."""
+    to the pruner, and raise ``optuna.TrialPruned`` if the pruner stops it. Never at its ``final`` epoch
+    (its budget's end, or a stopping rule's): pruning there saves no work and would throw away a finished
+    trial's value (a population trains its trials in step, so a median pruner's first decisions can come
+    only there)."""
     check_still_running(trial)
     trial.report(selection(row), row["epoch"])
-    if row["epoch"] < last_epoch and trial.should_prune():
+    if not final and trial.should_prune():
         raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
 

@@ -74,7 +74,7 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
             device=spec.device,
             resume=True,
             progress=spec.progress,
-            on_epoch=lambda row: check_still_running(trial),
+            on_epoch=lambda row, final: check_still_running(trial),
         )
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 

@@ -284,7 +284,7 @@ def _train_epochs(
     metrics: list[dict[str, Any]],
     progress: bool,
     stop_after_epochs: int | None,
-    on_epoch: Callable[[dict[str, Any]], None] | None,
+    on_epoch: Callable[[dict[str, Any], bool], None] | None,
 ) -> bool:
     """The epoch loop: train, validate, record, checkpoint, until the task's epochs are done or a stopping
     rule fires. Returns False when ``stop_after_epochs`` ended it first (a resumable interruption)."""
@@ -343,8 +343,8 @@ def _train_epochs(
             epoch_seconds,
         )
         calls_epochs += 1
-        if on_epoch is not None:
-            on_epoch(metrics[-1])
+        if on_epoch is not None:  # final: the run ends here (its epochs done or a stopping rule fired)
+            on_epoch(metrics[-1], state["stopped"] is not None or state["epoch"] >= num_epochs)
     return True
 
 
@@ -394,15 +394,16 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     stop_after_epochs: int | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` and return its result (also written to ``result.json``).
 
     The run directory is ``runs_dir/<config hash>`` unless ``run_dir`` is given. A finished run is not
     retrained: its result is returned. An unfinished one continues only with ``resume=True``.
     ``stop_after_epochs`` ends this call early (as an interruption would), leaving a resumable run.
-    ``on_epoch(row)`` is called with each epoch's metrics once its checkpoint is written (a search reports
-    to its pruner there); an exception it raises ends the call and leaves the run resumable.
+    ``on_epoch(row, final)`` is called with each epoch's metrics once its checkpoint is written (a search
+    reports to its pruner there); ``final`` says that the run ends after this epoch (its epochs are done or
+    a stopping rule fired). An exception it raises ends the call and leaves the run resumable.
     """
     config = resolve_config(config)
     revision = git_revision()  # the code this call starts with, not whatever is checked out at the end

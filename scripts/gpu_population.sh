@@ -28,6 +28,7 @@ timeout 270 "$PYTHON" -m attention bench --population 8 --device cuda \
 search() {
   local name=$1 limit=$2; shift 2
   local started finished status
+  rm -rf "/tmp/search-$name.journal" "/tmp/runs-$name"  # a rerun on a warm machine starts afresh
   started=$(date +%s.%N)
   timeout "$limit" "$PYTHON" -m attention search studies/ram-mnist-search-timing.toml --device cuda \
     --no-progress --storage "/tmp/search-$name.journal" --runs-dir "/tmp/runs-$name" "$@" \

@@ -315,11 +315,11 @@ def test_the_pruner_stops_a_trial_before_its_last_epoch_but_never_at_it():
 
     early = study.ask()
     with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
-        report_epoch(early, {"epoch": 2, "val_error_pct": 50.0}, last_epoch=3)
+        report_epoch(early, {"epoch": 2, "val_error_pct": 50.0}, final=False)
     study.tell(early, state=TrialState.PRUNED)
 
-    late = study.ask()  # as worse at its last epoch: the work is done, its value is kept
-    report_epoch(late, {"epoch": 3, "val_error_pct": 50.0}, last_epoch=3)
+    late = study.ask()  # as worse at its last epoch (its budget's, or a stopping rule's): its value is kept
+    report_epoch(late, {"epoch": 3, "val_error_pct": 50.0}, final=True)
     assert late.should_prune()  # the pruner would have stopped it
     study.tell(late, 50.0)
     assert study.trials[-1].state == TrialState.COMPLETE

@@ -215,7 +215,10 @@ def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir
     class Pruned(Exception):
         pass
 
-    def on_epoch(k: int, row: dict) -> None:
+    reported: list[tuple[int, int, bool]] = []
+
+    def on_epoch(k: int, row: dict, final: bool) -> None:
+        reported.append((k, row["epoch"], final))
         if k == 2:
             raise Pruned(f"pruned after epoch {row['epoch']}")
 
@@ -232,6 +235,10 @@ def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir
     assert isinstance(outcomes[2], Pruned)
     assert not (run_dirs[2] / RESULT).exists() and safe_load(run_dirs[2] / CHECKPOINT)["state"]["epoch"] == 1
     assert isinstance(outcomes[0], dict) and sorted(ended) == [0, 1, 2] and ended[-1] == 0
+    # the callback hears which epoch is a trial's last (a search never prunes there)
+    epochs = configs[0].train.epochs
+    heard = [(epoch, final) for k, epoch, final in reported if k == 0]
+    assert heard == [(epoch, epoch == epochs) for epoch in range(1, epochs + 1)]
     together, alone = (
         safe_load(run_dirs[0] / CHECKPOINT)["model"],
         safe_load(alone_runs[0] / CHECKPOINT)["model"],
@@ -315,7 +322,7 @@ def test_the_population_sweep_times_each_size_and_stops_where_the_memory_ends(mo
 
     def out_of_memory_above_two(population, overrides, device):
         if population > 2:
-            raise torch.OutOfMemoryError("fake: the device is full")
+            raise torch.cuda.OutOfMemoryError("fake: the device is full")
         return real_stepper(population, overrides, device)
 
     monkeypatch.setattr(bench_population, "_stepper", out_of_memory_above_two)

@@ -208,15 +208,31 @@ def test_early_stopping_ends_a_run_that_stops_improving(mnist_dir, tmp_path):
             "data.train_limit": 256,
         }
     )
-    result = fit(config, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    reported = []
+    result = fit(
+        config,
+        run_dir=tmp_path / "run",
+        data_dir=mnist_dir,
+        progress=False,
+        on_epoch=lambda row, final: reported.append((row["epoch"], final)),
+    )
     assert result["stopped_because"] == "early_stopping" and result["epochs_run"] == 2
+    assert reported == [(1, False), (2, True)]  # the callback hears that the rule ended the run
 
 
 @pytest.mark.mnist
 def test_time_budget_ends_a_run_between_epochs(mnist_dir, tmp_path):
     config = smoke(**{"train.time_budget_s": 1e-3, "data.train_limit": 256})
-    result = fit(config, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False)
+    reported = []
+    result = fit(
+        config,
+        run_dir=tmp_path / "run",
+        data_dir=mnist_dir,
+        progress=False,
+        on_epoch=lambda row, final: reported.append((row["epoch"], final)),
+    )
     assert result["stopped_because"] == "time_budget" and result["epochs_run"] == 1
+    assert reported == [(1, True)]
 
 
 def test_impossible_model_is_refused_before_anything_is_written(tmp_path):
