@@ -198,6 +198,19 @@ def test_cli_refuses_bad_overrides_in_one_line(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def fit_hearing_epochs(config: Config, run_dir, mnist_dir) -> tuple[dict, list[tuple[int, bool]]]:
+    """fit's result, and (epoch, final) as its on_epoch callback heard them."""
+    reported: list[tuple[int, bool]] = []
+    result = fit(
+        config,
+        run_dir=run_dir,
+        data_dir=mnist_dir,
+        progress=False,
+        on_epoch=lambda row, final: reported.append((row["epoch"], final)),
+    )
+    return result, reported
+
+
 @pytest.mark.mnist
 def test_early_stopping_ends_a_run_that_stops_improving(mnist_dir, tmp_path):
     config = smoke(
@@ -208,14 +221,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(mnist_dir, tmp_path):
             "data.train_limit": 256,
         }
     )
-    reported = []
-    result = fit(
-        config,
-        run_dir=tmp_path / "run",
-        data_dir=mnist_dir,
-        progress=False,
-        on_epoch=lambda row, final: reported.append((row["epoch"], final)),
-    )
+    result, reported = fit_hearing_epochs(config, tmp_path / "run", mnist_dir)
     assert result["stopped_because"] == "early_stopping" and result["epochs_run"] == 2
     assert reported == [(1, False), (2, True)]  # the callback hears that the rule ended the run
 
@@ -223,14 +229,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(mnist_dir, tmp_path):
 @pytest.mark.mnist
 def test_time_budget_ends_a_run_between_epochs(mnist_dir, tmp_path):
     config = smoke(**{"train.time_budget_s": 1e-3, "data.train_limit": 256})
-    reported = []
-    result = fit(
-        config,
-        run_dir=tmp_path / "run",
-        data_dir=mnist_dir,
-        progress=False,
-        on_epoch=lambda row, final: reported.append((row["epoch"], final)),
-    )
+    result, reported = fit_hearing_epochs(config, tmp_path / "run", mnist_dir)
     assert result["stopped_because"] == "time_budget" and result["epochs_run"] == 1
     assert reported == [(1, True)]
 
