@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU half of issue 17 in one prepared run (docs/performance.md, "Populations on a GPU"): the population
+# The GPU half of issue 17 in one prepared run (docs/performance.md, section "Populations", "On a GPU"): the population
 # bench on the GPU, then the timing copy of the MNIST search (studies/ram-mnist-search-timing.toml) run
 # four ways. Run from the repository root on a machine with a CUDA GPU; it writes its logs and JSON to $OUT
 # (default gpu-out/).
