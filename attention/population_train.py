@@ -16,6 +16,7 @@ without the trials that left, so they cost nothing afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -40,10 +41,10 @@ from attention.runs import (
     RESULT,
     WEIGHTS,
     atomic_torch_save,
+    finished_result,
     git_revision,
-    read_json,
+    holding_run,
     read_metrics,
-    run_identity,
     safe_load,
     write_json,
     write_metrics,
@@ -181,21 +182,35 @@ def fit_population(
         if on_end is not None:
             on_end(k, outcome)
 
-    trials: list[_Trial] = []
-    for k, config in enumerate(configs):
-        directory = Path(run_dirs[k]) if run_dirs is not None else Path(runs_dir) / config_hash(config)
-        try:
-            trial = _open_trial(k, config, directory, mnist, device_, resume)
-        except AttentionError as error:
-            end(k, error)
-            continue
-        if isinstance(trial, dict):  # finished before: its result
-            end(k, trial)
-        else:
-            trials.append(trial)
-    if not trials:
-        return outcomes  # type: ignore[return-value]
+    with contextlib.ExitStack() as held:  # the run directories of the trials it trains
+        trials: list[_Trial] = []
+        for k, config in enumerate(configs):
+            directory = Path(run_dirs[k]) if run_dirs is not None else Path(runs_dir) / config_hash(config)
+            try:
+                trial = _open_trial(k, config, directory, mnist, device_, resume, held)
+            except AttentionError as error:
+                end(k, error)
+                continue
+            if isinstance(trial, dict):  # finished before: its result
+                end(k, trial)
+            else:
+                trials.append(trial)
+        if trials:
+            _train_together(trials, mnist, device_, progress=progress, on_epoch=on_epoch, end=end)
+    return outcomes  # type: ignore[return-value]
 
+
+def _train_together(
+    trials: list[_Trial],
+    mnist: Any,
+    device_: torch.device,
+    *,
+    progress: bool,
+    on_epoch: Callable[[int, dict[str, Any], bool], None] | None,
+    end: Callable[[int, Outcome], None],
+) -> None:
+    """The epochs of a population: every trial steps together; one that ends (finished, diverged, or
+    stopped by ``on_epoch``) leaves, and the others go on."""
     first = trials[0].config
     t = first.train
     validation = fixed_set(mnist, first.data, "validation")
@@ -245,30 +260,31 @@ def fit_population(
             trials = [trial for k, trial in enumerate(trials) if k not in leaving]
             if trials:
                 population, optimizer = _reassemble(population, optimizer, trials, leaving)
-    return outcomes  # type: ignore[return-value]
 
 
 def _open_trial(
-    k: int, config: Config, run_dir: Path, mnist: Any, device: torch.device, resume: bool
+    k: int,
+    config: Config,
+    run_dir: Path,
+    mnist: Any,
+    device: torch.device,
+    resume: bool,
+    held: contextlib.ExitStack,
 ) -> _Trial | dict[str, Any]:
-    """``fit``'s prologue for one trial: its finished result, or everything to train it."""
+    """``fit``'s prologue for one trial: its finished result, or everything to train it (its run
+    directory then held in ``held``)."""
     identity = config_hash(config)
     revision = git_revision()
     checkpoint_path = run_dir / CHECKPOINT
-    if (run_dir / CONFIG).exists():
-        if run_identity(run_dir) != identity:
-            raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
-        if (run_dir / RESULT).exists():
-            return read_json(run_dir / RESULT)
-        if checkpoint_path.exists() and not resume:
-            raise AttentionError(
-                f"{run_dir} holds an unfinished run: pass --resume to continue it, "
-                "or delete the directory to start again"
-            )
+    if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+        return done
     model = make_model(config, device)
     init_from = config.train.init_from
     init_digest = load_initial_weights(model, init_from, device) if init_from else None
     run_dir.mkdir(parents=True, exist_ok=True)
+    held.enter_context(holding_run(run_dir))  # until the population ends; refuses if another trains it
+    if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+        return done  # finished by another process while this one got ready
     if not (run_dir / CONFIG).exists():
         write_json(run_dir / CONFIG, to_dict(config))
     data_generator = torch.Generator().manual_seed(config.train.seed)

@@ -6,13 +6,17 @@ A run is identified by the hash of its resolved config (seed included); files ar
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,15 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
 RESULT = "result.json"
+LOCK = ".lock"
+"""Held (``flock``) by the process that trains the run: two studies that share a run, or a study and a
+hand-started ``attention train``, must never write one directory at once."""
+
+log = logging.getLogger(__name__)
+
+
+class RunBusy(AttentionError):
+    """Another process is training this run directory."""
 
 
 def _temporary_beside(path: Path) -> tuple[int, str]:
@@ -145,6 +158,47 @@ def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Pat
     raise AttentionError(
         f"no run of this configuration under {runs_dir} (expected {direct.name}); train it first"
     )
+
+
+def finished_result(run_dir: Path, identity: str, *, resume: bool) -> dict[str, Any] | None:
+    """Every trainer's first look at its run directory: the result of a finished run of this identity,
+    or None when there is a run to train (a new one, or an unfinished one with ``resume``). Refuses a
+    directory of another configuration, and an unfinished run without ``resume``."""
+    if not (run_dir / CONFIG).exists():
+        return None
+    if run_identity(run_dir) != identity:
+        raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
+    if (run_dir / RESULT).exists():
+        log.info("run %s is finished; returning its result", run_dir)
+        return read_json(run_dir / RESULT)
+    if (run_dir / CHECKPOINT).exists() and not resume:
+        raise AttentionError(
+            f"{run_dir} holds an unfinished run: pass --resume to continue it, "
+            "or delete the directory to start again"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def holding_run(run_dir: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold ``run_dir`` for training (its :data:`LOCK` file) for the body. If another process holds it,
+    wait for it with ``wait`` (a study whose unit another study is training), else refuse with
+    :class:`RunBusy`. The lock is the kernel's: a killed process releases it."""
+    with open(Path(run_dir) / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise RunBusy(
+                    f"{run_dir} is being trained by another process; wait for it to end (or stop it), "
+                    "then run this again"
+                ) from None
+            log.warning("waiting for %s: another process is training it", run_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

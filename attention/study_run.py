@@ -2,7 +2,9 @@
 
 Each unit is a work item of :mod:`attention.engine` (a fixed Optuna trial); its run directory is its
 configuration's identity, so a finished unit is never retrained, a committed run that matches a row counts
-as done, and a stopped or crashed study continues where it was.
+as done, and a stopped or crashed study continues where it was. A unit that two studies share is trained by
+one of them at a time: the other's worker waits for the run (attention/runs.py: holding_run) and takes its
+result.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
             resume=True,
             progress=spec.progress,
             on_epoch=lambda row, final: check_still_running(trial),
+            wait_if_busy=True,  # a unit another study shares, trained there now: its result, once done
         )
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 

@@ -30,10 +30,10 @@ from attention.runs import (
     RESULT,
     WEIGHTS,
     atomic_torch_save,
+    finished_result,
     git_revision,
-    read_json,
+    holding_run,
     read_metrics,
-    run_identity,
     safe_load,
     weights_file,
     write_json,
@@ -395,6 +395,7 @@ def fit(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
+    wait_if_busy: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` and return its result (also written to ``result.json``).
 
@@ -404,61 +405,58 @@ def fit(
     ``on_epoch(row, final)`` is called with each epoch's metrics once its checkpoint is written (a search
     reports to its pruner there); ``final`` says that the run ends after this epoch (its epochs are done or
     a stopping rule fired). An exception it raises ends the call and leaves the run resumable.
+    While it trains, the call holds the run directory (:func:`attention.runs.holding_run`): if another
+    process is training the same run, it refuses (:class:`attention.runs.RunBusy`), or with
+    ``wait_if_busy`` waits for it and then returns its result or continues it.
     """
     config = resolve_config(config)
     revision = git_revision()  # the code this call starts with, not whatever is checked out at the end
     identity = config_hash(config)
     run_dir = Path(run_dir) if run_dir else Path(runs_dir) / identity
     device_ = pick_device(device)
-    checkpoint_path = run_dir / CHECKPOINT
-    if (run_dir / CONFIG).exists():
-        if run_identity(run_dir) != identity:
-            raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
-        if (run_dir / RESULT).exists():
-            log.info("run %s is finished; returning its result", run_dir)
-            return read_json(run_dir / RESULT)
-        if checkpoint_path.exists() and not resume:
-            raise AttentionError(
-                f"{run_dir} holds an unfinished run: pass --resume to continue it, "
-                "or delete the directory to start again"
-            )
+    if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+        return done
     model = make_model(config, device_)  # refuses impossible models before anything is written
     init_from = config.train.init_from
     init_digest = load_initial_weights(model, init_from, device_) if init_from else None
     task = TASKS.get(config.data.task)(config, data_dir=data_dir, device=device_)
     task.steps_per_epoch  # noqa: B018 -- loads the training data (or fails) before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / CONFIG).exists():  # a run's record of what it is, written once
-        write_json(run_dir / CONFIG, to_dict(config))
-    checkpoint = Checkpoint(
-        checkpoint_path,
-        model=model,
-        optimizer=make_optimizer(config, model),
-        task=task,
-        sample_generator=seeded_generator(config.train.seed + 1, device_),
-        device=device_,
-    )
-    metrics: list[dict[str, Any]] = []
-    if resume and checkpoint_path.exists():
-        checkpoint.restore()
-        metrics = read_metrics(run_dir)[: checkpoint.state["epoch"]]
-        log.info("resuming %s after epoch %d", run_dir, checkpoint.state["epoch"])
-    finished = _train_epochs(
-        checkpoint,
-        config=config,
-        run_dir=run_dir,
-        metrics=metrics,
-        progress=progress,
-        stop_after_epochs=stop_after_epochs,
-        on_epoch=on_epoch,
-    )
-    if not finished:
-        return {"interrupted_after_epoch": checkpoint.state["epoch"], "run_dir": str(run_dir)}
-    return _final_result(
-        checkpoint,
-        config=config,
-        identity=identity,
-        revision=revision,
-        init_digest=init_digest,
-        run_dir=run_dir,
-    )
+    with holding_run(run_dir, wait=wait_if_busy):
+        # look again: another process may have finished or started this run while we got ready
+        if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+            return done
+        if not (run_dir / CONFIG).exists():  # a run's record of what it is, written once
+            write_json(run_dir / CONFIG, to_dict(config))
+        checkpoint = Checkpoint(
+            run_dir / CHECKPOINT,
+            model=model,
+            optimizer=make_optimizer(config, model),
+            task=task,
+            sample_generator=seeded_generator(config.train.seed + 1, device_),
+            device=device_,
+        )
+        metrics: list[dict[str, Any]] = []
+        if resume and (run_dir / CHECKPOINT).exists():
+            checkpoint.restore()
+            metrics = read_metrics(run_dir)[: checkpoint.state["epoch"]]
+            log.info("resuming %s after epoch %d", run_dir, checkpoint.state["epoch"])
+        finished = _train_epochs(
+            checkpoint,
+            config=config,
+            run_dir=run_dir,
+            metrics=metrics,
+            progress=progress,
+            stop_after_epochs=stop_after_epochs,
+            on_epoch=on_epoch,
+        )
+        if not finished:
+            return {"interrupted_after_epoch": checkpoint.state["epoch"], "run_dir": str(run_dir)}
+        return _final_result(
+            checkpoint,
+            config=config,
+            identity=identity,
+            revision=revision,
+            init_digest=init_digest,
+            run_dir=run_dir,
+        )

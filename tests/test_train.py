@@ -234,6 +234,49 @@ def test_time_budget_ends_a_run_between_epochs(mnist_dir, tmp_path):
     assert reported == [(1, True)]
 
 
+@pytest.mark.mnist
+def test_a_run_another_process_is_training_is_refused_and_left_untouched(mnist_dir, tmp_path):
+    from attention.runs import RunBusy, holding_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with holding_run(run):  # as another process training it would (flock conflicts across open files)
+        with pytest.raises(RunBusy, match="being trained by another process"):
+            fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    # once it is free the same call trains it
+    quick = smoke(**{"train.epochs": 1, "data.eval_limit": 200})
+    assert fit(quick, run_dir=run, data_dir=mnist_dir, progress=False)["epochs_run"] == 1
+
+
+@pytest.mark.mnist
+def test_a_study_waits_for_a_run_another_process_trains_and_takes_its_result(mnist_dir, tmp_path):
+    import threading
+
+    from attention.config import to_dict
+    from attention.runs import holding_run, write_json
+
+    config, run = resolve_config(smoke()), tmp_path / "run"
+    run.mkdir()
+    write_json(run / CONFIG, to_dict(config))
+    holding, finish = threading.Event(), threading.Event()
+
+    def other_process() -> None:  # holds the run, then finishes it while the waiting call is blocked
+        with holding_run(run):
+            holding.set()
+            finish.wait(timeout=30)
+            write_json(run / RESULT, {"trained_by": "the other process"})
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    holding.wait(timeout=30)
+    threading.Timer(0.5, finish.set).start()
+    result = fit(config, run_dir=run, data_dir=mnist_dir, progress=False, wait_if_busy=True)
+    other.join()
+    assert result == {"trained_by": "the other process"}
+    assert not (run / CHECKPOINT).exists()  # nothing trained twice
+
+
 def test_impossible_model_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(AttentionError, match="num_glimpses"):
         fit(smoke(**{"model.num_glimpses": 0}), run_dir=tmp_path / "run", data_dir=tmp_path / "no-data")
