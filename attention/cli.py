@@ -274,6 +274,19 @@ def cmd_study_run(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_study_status(args: argparse.Namespace) -> None:
+    from attention.study import load_study
+    from attention.study_status import status_lines, study_status, summary_dict
+
+    for number, file in enumerate(args.files):
+        study = load_study(file)
+        statuses = study_status(study, Path(args.runs_dir))
+        if args.json:
+            print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
+            continue
+        print(("\n" if number else "") + "\n".join(status_lines(study, statuses)))
+
+
 def cmd_study_report(args: argparse.Namespace) -> None:
     from attention.report.study_report import write_study_report
 
@@ -442,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("file")
     engine(study_run)
     study_run.set_defaults(func=cmd_study_run)
+    study_status = study_commands.add_parser(
+        "status", help="each unit's state (finished, training, stopped, not started), epochs and time left"
+    )
+    study_status.add_argument("files", nargs="+", metavar="file")
+    study_status.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_status.add_argument("--json", action="store_true", help="one JSON object per study")
+    study_status.set_defaults(func=cmd_study_status)
     study_report = study_commands.add_parser(
         "report", help="Markdown and CSV tables (seed means, intervals, McNemar tests) and figures"
     )

@@ -201,6 +201,20 @@ def holding_run(run_dir: Path, *, wait: bool = False) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def run_is_busy(run_dir: Path) -> bool:
+    """Whether a process holds ``run_dir`` for training now (see :func:`holding_run`); writes nothing."""
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.exists():

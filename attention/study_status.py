@@ -1,0 +1,185 @@
+"""``attention study status``: what a study has and still lacks, unit by unit, read from its run
+directories without training or evaluating anything (a study of many 2-hour runs is followed for days).
+
+A unit is *finished* (its run has a result), *training* (a process holds its run: attention/runs.py,
+holding_run), *stopped* (a checkpoint and no result: the next ``attention study run`` continues it), *not
+started*, or *waiting* for an earlier stage of its row. The time still needed is each started run's epochs
+left at its own last epoch's pace, and for a run not started its row's pace so far (any seed): an estimate
+of one worker's time, shown only where a pace is known.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attention.runs import CHECKPOINT, METRICS, RESULT, read_json, read_metrics, run_is_busy
+from attention.study import Study, Unit, unit_config, unit_run
+
+FINISHED, TRAINING, STOPPED, NOT_STARTED, WAITING = (
+    "finished",
+    "training",
+    "stopped",
+    "not started",
+    "waiting",
+)
+
+
+@dataclass(frozen=True)
+class UnitStatus:
+    unit: Unit
+    state: str
+    run_dir: Path | None
+    epochs_done: int = 0
+    epochs: int | None = None
+    """The unit's epoch budget (None while an earlier stage is unfinished: its config is not known)."""
+    best_pct: float | None = None
+    """Best validation number so far (the task's selection, in %; lower is better)."""
+    seconds: float = 0.0
+    """Training time so far."""
+    seconds_per_epoch: float | None = None
+    """The run's last epoch's time (its pace now), or its mean for a finished run."""
+    last_written_s: float | None = None
+    """Seconds since its metrics were last written (a stopped or training run)."""
+
+
+def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
+    from attention.tasks import TASKS
+
+    config = unit_config(unit, runs_dir)
+    if config is None:
+        return UnitStatus(unit, WAITING, None)
+    run = unit_run(unit, runs_dir)
+    task = TASKS.get(config.data.task)
+    epochs = task(config, data_dir=None, device=torch.device("cpu")).num_epochs
+    if run is not None and (run / RESULT).is_file():
+        result = read_json(run / RESULT)
+        done, seconds = int(result.get("epochs_run", epochs)), float(result.get("train_seconds", 0.0))
+        return UnitStatus(
+            unit,
+            FINISHED,
+            run,
+            epochs_done=done,
+            epochs=epochs,
+            best_pct=task.selection_percent(task.result_selection(result)),
+            seconds=seconds,
+            seconds_per_epoch=seconds / done if done else None,
+        )
+    rows = read_metrics(run) if run is not None else []
+    if run is None or not (run / CHECKPOINT).is_file() or not rows:
+        state = TRAINING if run is not None and run_is_busy(run) else NOT_STARTED
+        return UnitStatus(unit, state, run, epochs=epochs)
+    return UnitStatus(
+        unit,
+        TRAINING if run_is_busy(run) else STOPPED,
+        run,
+        epochs_done=int(rows[-1]["epoch"]),
+        epochs=epochs,
+        best_pct=min(task.selection_percent(task.epoch_selection(row)) for row in rows),
+        seconds=float(rows[-1].get("elapsed_seconds", sum(row["seconds"] for row in rows))),
+        seconds_per_epoch=float(rows[-1]["seconds"]),
+        last_written_s=time.time() - (run / METRICS).stat().st_mtime,
+    )
+
+
+def study_status(study: Study, runs_dir: Path) -> list[UnitStatus]:
+    return [unit_status(unit, Path(runs_dir)) for unit in study.units()]
+
+
+def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int]:
+    """(one worker's seconds to finish every unfinished unit whose pace is known, units whose pace is not)."""
+    paces: dict[str, list[float]] = {}
+    for status in statuses:
+        if status.seconds_per_epoch is not None:
+            paces.setdefault(status.unit.row.label, []).append(status.seconds_per_epoch)
+    total, unknown = 0.0, 0
+    for status in statuses:
+        if status.state == FINISHED:
+            continue
+        pace = status.seconds_per_epoch
+        if pace is None and status.unit.row.label in paces:
+            pace = statistics.median(paces[status.unit.row.label])
+        if pace is None or status.epochs is None:
+            unknown += 1
+            continue
+        total += pace * (status.epochs - status.epochs_done)
+    return total, unknown
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def status_lines(study: Study, statuses: list[UnitStatus]) -> list[str]:
+    """The table ``attention study status`` prints, and its summary."""
+    header = ("row", "seed", "stage", "state", "epochs", "best val %", "time", "run")
+    table: list[tuple[str, ...]] = [header]
+    for s in statuses:
+        state = s.state
+        if s.last_written_s is not None:
+            state += f" ({_duration(s.last_written_s)} ago)"
+        table.append(
+            (
+                s.unit.row.label,
+                str(s.unit.seed),
+                f"{s.unit.stage + 1}/{len(s.unit.row.stages)}",
+                state,
+                "" if s.epochs is None else f"{s.epochs_done}/{s.epochs}",
+                "" if s.best_pct is None else f"{s.best_pct:.2f}",
+                _duration(s.seconds) if s.seconds else "",
+                "" if s.run_dir is None else s.run_dir.name,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    told = ", ".join(
+        f"{counts[state]} {state}" for state in (TRAINING, STOPPED, NOT_STARTED, WAITING) if state in counts
+    )
+    lines.append("")
+    lines.append(
+        f"{study.path}: {counts.get(FINISHED, 0)} of {len(statuses)} units finished"
+        + (f"; {told}" if told else "")
+    )
+    left, unknown = seconds_left(statuses)
+    if left or unknown:
+        known = (
+            f"about {_duration(left)} of one worker at each row's pace so far"
+            if left
+            else "no pace known yet"
+        )
+        lines.append(
+            f"still to train: {known}"
+            + (f" (and {unknown} units whose row has no pace yet)" if unknown else "")
+        )
+    return lines
+
+
+def summary_dict(status: UnitStatus) -> dict[str, Any]:
+    """One unit's status as JSON-ready values (``--json``)."""
+    return {
+        "row": status.unit.row.label,
+        "seed": status.unit.seed,
+        "stage": status.unit.stage + 1,
+        "state": status.state,
+        "epochs_done": status.epochs_done,
+        "epochs": status.epochs,
+        "best_validation_pct": status.best_pct,
+        "seconds": status.seconds,
+        "seconds_per_epoch": status.seconds_per_epoch,
+        "run_dir": None if status.run_dir is None else str(status.run_dir),
+    }

@@ -1,0 +1,138 @@
+"""``attention study status``: each unit's state read from its run directory, and the time still needed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attention.config import to_dict
+from attention.runs import CHECKPOINT, CONFIG, RESULT, holding_run, write_json, write_metrics
+from attention.study import load_study, unit_config, unit_run
+from attention.study_status import (
+    FINISHED,
+    NOT_STARTED,
+    STOPPED,
+    TRAINING,
+    WAITING,
+    seconds_left,
+    status_lines,
+    study_status,
+)
+
+STUDY = """
+title = "status"
+source = "a test"
+seeds = [0, 1]
+budget = { "train.epochs" = 10 }
+
+[[row]]
+label = "one stage"
+set = { "model.num_glimpses" = 2 }
+
+[[row]]
+label = "two stages"
+seeds = [0]
+set = { "model.num_glimpses" = 3 }
+[[row.stage]]
+label = "again"
+set = { "train.epochs" = 4 }
+"""
+
+
+@pytest.fixture
+def study(tmp_path):
+    path = tmp_path / "status.toml"
+    path.write_text(STUDY)
+    return load_study(path)
+
+
+def unit(study, label: str, seed: int, stage: int = 0):
+    return next(u for u in study.units() if (u.row.label, u.seed, u.stage) == (label, seed, stage))
+
+
+def started(run: Path, config, epochs: int, seconds_each: float) -> None:
+    """A run as the trainer leaves it after ``epochs`` epochs (the files status reads)."""
+    run.mkdir(parents=True)
+    write_json(run / CONFIG, to_dict(config))
+    (run / CHECKPOINT).write_bytes(b"not read by status")
+    rows = [
+        {"epoch": e, "seconds": seconds_each, "elapsed_seconds": e * seconds_each, "val_error_pct": 50.0 / e}
+        for e in range(1, epochs + 1)
+    ]
+    write_metrics(run, rows)
+
+
+def test_each_unit_is_finished_training_stopped_not_started_or_waiting(study, tmp_path):
+    runs = tmp_path / "runs"
+    one_s0, one_s1, two_s0 = (
+        unit(study, "one stage", 0),
+        unit(study, "one stage", 1),
+        unit(study, "two stages", 0),
+    )
+    # seed 0 of row one: finished; seed 1: stopped after 4 epochs; row two stage 1: trained by a process now
+    run = unit_run(one_s0, runs)
+    started(run, unit_config(one_s0, runs), 10, 6.0)
+    write_json(run / RESULT, {"validation_error_pct": 2.5, "epochs_run": 10, "train_seconds": 60.0})
+    started(unit_run(one_s1, runs), unit_config(one_s1, runs), 4, 7.0)
+    busy = unit_run(two_s0, runs)
+    started(busy, unit_config(two_s0, runs), 3, 20.0)
+    with holding_run(busy):
+        statuses = study_status(study, runs)
+    by_state = {(s.unit.row.label, s.unit.seed, s.unit.stage): s for s in statuses}
+    finished = by_state[("one stage", 0, 0)]
+    assert finished.state == FINISHED and finished.best_pct == 2.5 and finished.seconds_per_epoch == 6.0
+    stopped = by_state[("one stage", 1, 0)]
+    assert stopped.state == STOPPED and (stopped.epochs_done, stopped.epochs) == (4, 10)
+    assert stopped.best_pct == 12.5 and stopped.seconds == 28.0
+    assert by_state[("two stages", 0, 0)].state == TRAINING
+    waiting = by_state[("two stages", 0, 1)]  # its config starts from stage 1's unfinished run
+    assert waiting.state == WAITING and waiting.epochs is None
+    # once nothing holds it, the run stopped
+    assert {s.unit.key: s.state for s in study_status(study, runs)}[two_s0.key] == STOPPED
+    # time left: seed 1's 6 epochs at its own 7 s, stage 1's 7 at 20 s; stage 2 has no config, no pace
+    assert seconds_left(statuses) == (6 * 7.0 + 7 * 20.0, 1)
+    text = "\n".join(status_lines(study, statuses))
+    assert "1 of 4 units finished; 1 training, 1 stopped, 1 waiting" in text
+
+
+def test_a_unit_not_started_takes_its_rows_pace_from_another_seed(study, tmp_path):
+    runs = tmp_path / "runs"
+    one_s0 = unit(study, "one stage", 0)
+    started(unit_run(one_s0, runs), unit_config(one_s0, runs), 2, 5.0)
+    statuses = study_status(study, runs)
+    states = {(s.unit.row.label, s.unit.seed): s.state for s in statuses if s.unit.stage == 0}
+    assert states == {
+        ("one stage", 0): STOPPED,
+        ("one stage", 1): NOT_STARTED,
+        ("two stages", 0): NOT_STARTED,
+    }
+    # seed 0: 8 epochs at 5 s; seed 1: 10 epochs at the row's 5 s; row two: no pace (2 units)
+    assert seconds_left(statuses) == (8 * 5.0 + 10 * 5.0, 2)
+
+
+def test_cli_study_status_prints_json_per_study(study, tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attention",
+            "study",
+            "status",
+            str(study.path),
+            "--json",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    units = json.loads(out)["units"]
+    assert sorted(u["state"] for u in units) == [NOT_STARTED, NOT_STARTED, NOT_STARTED, WAITING]
+    assert {(u["row"], u["seed"], u["stage"], u["epochs"]) for u in units if u["state"] == NOT_STARTED} == {
+        ("one stage", 0, 1, 10),
+        ("one stage", 1, 1, 10),
+        ("two stages", 0, 1, 10),
+    }
