@@ -177,17 +177,27 @@ def fit_population(
     mnist = load_mnist(data_dir)
     outcomes: list[Outcome | None] = [None] * len(configs)
 
+    locks: dict[int, contextlib.ExitStack] = {}
+
     def end(k: int, outcome: Outcome) -> None:
         outcomes[k] = outcome
+        if k in locks:
+            locks.pop(k).close()  # its run is free as soon as it leaves, not when the population ends
         if on_end is not None:
             on_end(k, outcome)
 
-    with contextlib.ExitStack() as held:  # the run directories of the trials it trains
+    directories = [
+        Path(run_dirs[k]) if run_dirs is not None else Path(runs_dir) / config_hash(config)
+        for k, config in enumerate(configs)
+    ]
+    with contextlib.ExitStack() as held:  # every trial's run lock, released here at the latest
         trials: list[_Trial] = []
         for k, config in enumerate(configs):
-            directory = Path(run_dirs[k]) if run_dirs is not None else Path(runs_dir) / config_hash(config)
+            locks[k] = held.enter_context(contextlib.ExitStack())
             try:
-                trial = _open_trial(k, config, directory, mnist, device_, resume, held)
+                if directories[k].resolve() in {d.resolve() for d in directories[:k]}:
+                    raise AttentionError(f"{directories[k]} is the run of two trials of this population")
+                trial = _open_trial(k, config, directories[k], mnist, device_, resume, locks[k])
             except AttentionError as error:
                 end(k, error)
                 continue
@@ -269,10 +279,11 @@ def _open_trial(
     mnist: Any,
     device: torch.device,
     resume: bool,
-    held: contextlib.ExitStack,
+    lock: contextlib.ExitStack,
 ) -> _Trial | dict[str, Any]:
     """``fit``'s prologue for one trial: its finished result, or everything to train it (its run
-    directory then held in ``held``)."""
+    directory then held in ``lock``; another process training it is waited for, as a study's worker
+    waits)."""
     identity = config_hash(config)
     revision = git_revision()
     checkpoint_path = run_dir / CHECKPOINT
@@ -282,7 +293,7 @@ def _open_trial(
     init_from = config.train.init_from
     init_digest = load_initial_weights(model, init_from, device) if init_from else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    held.enter_context(holding_run(run_dir))  # until the population ends; refuses if another trains it
+    lock.enter_context(holding_run(run_dir, wait=True))
     if (done := finished_result(run_dir, identity, resume=resume)) is not None:
         return done  # finished by another process while this one got ready
     if not (run_dir / CONFIG).exists():

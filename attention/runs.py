@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,8 @@ def finished_result(run_dir: Path, identity: str, *, resume: bool) -> dict[str, 
         log.info("run %s is finished; returning its result", run_dir)
         return read_json(run_dir / RESULT)
     if (run_dir / CHECKPOINT).exists() and not resume:
+        if run_is_busy(run_dir):  # not a stopped run: --resume would not help
+            raise RunBusy(busy_message(run_dir))
         raise AttentionError(
             f"{run_dir} holds an unfinished run: pass --resume to continue it, "
             "or delete the directory to start again"
@@ -180,25 +183,35 @@ def finished_result(run_dir: Path, identity: str, *, resume: bool) -> dict[str, 
 
 
 @contextlib.contextmanager
-def holding_run(run_dir: Path, *, wait: bool = False) -> Iterator[None]:
+def holding_run(run_dir: Path, *, wait: bool = False, patience_s: float = 2.0) -> Iterator[None]:
     """Hold ``run_dir`` for training (its :data:`LOCK` file) for the body. If another process holds it,
     wait for it with ``wait`` (a study whose unit another study is training), else refuse with
-    :class:`RunBusy`. The lock is the kernel's: a killed process releases it."""
+    :class:`RunBusy` after ``patience_s`` (:func:`run_is_busy` holds the lock for an instant). The lock is
+    the kernel's: a killed process releases it."""
     with open(Path(run_dir) / LOCK, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                raise RunBusy(
-                    f"{run_dir} is being trained by another process; wait for it to end (or stop it), "
-                    "then run this again"
-                ) from None
-            log.warning("waiting for %s: another process is training it", run_dir)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait:
+                    log.warning("waiting for %s: another process is training it", run_dir)
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    break
+                if time.monotonic() >= deadline:
+                    raise RunBusy(busy_message(run_dir)) from None
+                time.sleep(0.05)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def busy_message(run_dir: Path) -> str:
+    return (
+        f"{run_dir} is being trained by another process; wait for it to end (or stop it), then run this again"
+    )
 
 
 def run_is_busy(run_dir: Path) -> bool:

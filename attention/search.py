@@ -216,6 +216,8 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
             resume=True,
             progress=spec.progress,
             on_epoch=report,
+            # a retry of a trial wrongly thought stale: its first worker stops after its next epoch
+            wait_if_busy=True,
         )
         return task.result_selection(result)
 

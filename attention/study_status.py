@@ -46,6 +46,8 @@ class UnitStatus:
     """The run's last epoch's time (its pace now), or its mean for a finished run."""
     last_written_s: float | None = None
     """Seconds since its metrics were last written (a stopped or training run)."""
+    time_budget_s: float | None = None
+    """The run's ``train.time_budget_s``, if it has one."""
 
 
 def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
@@ -57,6 +59,7 @@ def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
     run = unit_run(unit, runs_dir)
     task = TASKS.get(config.data.task)
     epochs = task(config, data_dir=None, device=torch.device("cpu")).num_epochs
+    budget = config.train.time_budget_s
     if run is not None and (run / RESULT).is_file():
         result = read_json(run / RESULT)
         done, seconds = int(result.get("epochs_run", epochs)), float(result.get("train_seconds", 0.0))
@@ -73,7 +76,7 @@ def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
     rows = read_metrics(run) if run is not None else []
     if run is None or not (run / CHECKPOINT).is_file() or not rows:
         state = TRAINING if run is not None and run_is_busy(run) else NOT_STARTED
-        return UnitStatus(unit, state, run, epochs=epochs)
+        return UnitStatus(unit, state, run, epochs=epochs, time_budget_s=budget)
     return UnitStatus(
         unit,
         TRAINING if run_is_busy(run) else STOPPED,
@@ -84,6 +87,7 @@ def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
         seconds=float(rows[-1].get("elapsed_seconds", sum(row["seconds"] for row in rows))),
         seconds_per_epoch=float(rows[-1]["seconds"]),
         last_written_s=time.time() - (run / METRICS).stat().st_mtime,
+        time_budget_s=budget,
     )
 
 
@@ -91,24 +95,33 @@ def study_status(study: Study, runs_dir: Path) -> list[UnitStatus]:
     return [unit_status(unit, Path(runs_dir)) for unit in study.units()]
 
 
-def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int]:
-    """(one worker's seconds to finish every unfinished unit whose pace is known, units whose pace is not)."""
-    paces: dict[str, list[float]] = {}
+def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int, int]:
+    """(one worker's seconds to finish every unfinished run whose pace is known, runs with no pace yet,
+    units waiting for an earlier stage)."""
+    paces: dict[tuple[str, int], list[float]] = {}
     for status in statuses:
         if status.seconds_per_epoch is not None:
-            paces.setdefault(status.unit.row.label, []).append(status.seconds_per_epoch)
-    total, unknown = 0.0, 0
+            paces.setdefault((status.unit.row.label, status.unit.stage), []).append(status.seconds_per_epoch)
+    total, unknown, waiting = 0.0, 0, 0
+    counted: set[Path] = set()
     for status in statuses:
-        if status.state == FINISHED:
+        if status.state == WAITING:
+            waiting += 1
             continue
+        if status.state == FINISHED or status.run_dir in counted:
+            continue
+        counted.add(status.run_dir)  # type: ignore[arg-type]
         pace = status.seconds_per_epoch
-        if pace is None and status.unit.row.label in paces:
-            pace = statistics.median(paces[status.unit.row.label])
+        if pace is None and (status.unit.row.label, status.unit.stage) in paces:
+            pace = statistics.median(paces[(status.unit.row.label, status.unit.stage)])
         if pace is None or status.epochs is None:
             unknown += 1
             continue
-        total += pace * (status.epochs - status.epochs_done)
-    return total, unknown
+        left = pace * (status.epochs - status.epochs_done)
+        if status.time_budget_s is not None:
+            left = max(0.0, min(left, status.time_budget_s - status.seconds))
+        total += left
+    return total, unknown, waiting
 
 
 def _duration(seconds: float) -> str:
@@ -155,17 +168,16 @@ def status_lines(study: Study, statuses: list[UnitStatus]) -> list[str]:
         f"{study.path}: {counts.get(FINISHED, 0)} of {len(statuses)} units finished"
         + (f"; {told}" if told else "")
     )
-    left, unknown = seconds_left(statuses)
-    if left or unknown:
+    left, unknown, waiting = seconds_left(statuses)
+    if left or unknown or waiting:
         known = (
             f"about {_duration(left)} of one worker at each row's pace so far"
             if left
             else "no pace known yet"
         )
-        lines.append(
-            f"still to train: {known}"
-            + (f" (and {unknown} units whose row has no pace yet)" if unknown else "")
-        )
+        more = [f"{unknown} runs with no pace yet"] if unknown else []
+        more += [f"{waiting} units waiting for an earlier stage"] if waiting else []
+        lines.append(f"still to train: {known}" + (f" (and {', '.join(more)})" if more else ""))
     return lines
 
 

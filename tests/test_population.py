@@ -21,7 +21,7 @@ from attention import AttentionError
 from attention.config import Config, with_overrides
 from attention.population import PopulationAdam, PopulationRAM, _stacked_linear
 from attention.population_train import check_population, fit_population
-from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, safe_load
+from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, run_is_busy, safe_load
 from attention.train import fit, make_model, make_optimizer, resolve_config
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
@@ -223,14 +223,16 @@ def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir
             raise Pruned(f"pruned after epoch {row['epoch']}")
 
     ended: list[int] = []
+    held_at_end: list[bool] = []
+
+    def on_end(k: int, _: object) -> None:
+        ended.append(k)
+        held_at_end.append(run_is_busy(run_dirs[k]))  # a trial's run is let go as soon as it leaves
+
     outcomes = fit_population(
-        configs,
-        run_dirs=run_dirs,
-        data_dir=mnist_dir,
-        progress=False,
-        on_epoch=on_epoch,
-        on_end=lambda k, _: ended.append(k),
+        configs, run_dirs=run_dirs, data_dir=mnist_dir, progress=False, on_epoch=on_epoch, on_end=on_end
     )
+    assert held_at_end == [False, False, False]
     assert isinstance(outcomes[1], AttentionError) and "became" in str(outcomes[1])
     assert isinstance(outcomes[2], Pruned)
     assert not (run_dirs[2] / RESULT).exists() and safe_load(run_dirs[2] / CHECKPOINT)["state"]["epoch"] == 1

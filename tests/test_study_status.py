@@ -92,7 +92,7 @@ def test_each_unit_is_finished_training_stopped_not_started_or_waiting(study, tm
     # once nothing holds it, the run stopped
     assert {s.unit.key: s.state for s in study_status(study, runs)}[two_s0.key] == STOPPED
     # time left: seed 1's 6 epochs at its own 7 s, stage 1's 7 at 20 s; stage 2 has no config, no pace
-    assert seconds_left(statuses) == (6 * 7.0 + 7 * 20.0, 1)
+    assert seconds_left(statuses) == (6 * 7.0 + 7 * 20.0, 0, 1)
     text = "\n".join(status_lines(study, statuses))
     assert "1 of 4 units finished; 1 training, 1 stopped, 1 waiting" in text
 
@@ -108,8 +108,23 @@ def test_a_unit_not_started_takes_its_rows_pace_from_another_seed(study, tmp_pat
         ("one stage", 1): NOT_STARTED,
         ("two stages", 0): NOT_STARTED,
     }
-    # seed 0: 8 epochs at 5 s; seed 1: 10 epochs at the row's 5 s; row two: no pace (2 units)
-    assert seconds_left(statuses) == (8 * 5.0 + 10 * 5.0, 2)
+    # seed 0: 8 epochs at 5 s; seed 1: 10 epochs at the row's 5 s; row two: stage 1 has no pace, stage 2 waits
+    assert seconds_left(statuses) == (8 * 5.0 + 10 * 5.0, 1, 1)
+
+
+def test_a_run_two_rows_share_counts_once_and_a_time_budget_caps_what_is_left(tmp_path):
+    path = tmp_path / "shared.toml"
+    path.write_text(
+        'title = "shared"\nsource = "a test"\nseeds = [0]\n'
+        'budget = { "train.epochs" = 10, "train.time_budget_s" = 30.0 }\n'
+        '[[row]]\nlabel = "a"\n[[row]]\nlabel = "the same config"\n'
+    )
+    study, runs = load_study(path), tmp_path / "runs"
+    first = unit(study, "a", 0)
+    assert unit_run(first, runs) == unit_run(unit(study, "the same config", 0), runs)
+    started(unit_run(first, runs), unit_config(first, runs), 2, 5.0)
+    # 8 epochs at 5 s would be 40 s, but only 30 - 10 s of its budget are left; once, not twice
+    assert seconds_left(study_status(study, runs)) == (20.0, 0, 0)
 
 
 def test_cli_study_status_prints_json_per_study(study, tmp_path):

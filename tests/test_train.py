@@ -251,6 +251,7 @@ def test_a_run_another_process_is_training_is_refused_and_left_untouched(mnist_d
 
 @pytest.mark.mnist
 def test_a_study_waits_for_a_run_another_process_trains_and_takes_its_result(mnist_dir, tmp_path):
+    import logging
     import threading
 
     from attention.config import to_dict
@@ -259,22 +260,46 @@ def test_a_study_waits_for_a_run_another_process_trains_and_takes_its_result(mni
     config, run = resolve_config(smoke()), tmp_path / "run"
     run.mkdir()
     write_json(run / CONFIG, to_dict(config))
-    holding, finish = threading.Event(), threading.Event()
+    holding, waited = threading.Event(), threading.Event()
 
-    def other_process() -> None:  # holds the run, then finishes it while the waiting call is blocked
+    class HearWaiting(logging.Handler):  # the other process finishes only once fit is waiting for it
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("waiting for"):
+                waited.set()
+
+    def other_process() -> None:
         with holding_run(run):
             holding.set()
-            finish.wait(timeout=30)
+            waited.wait(timeout=60)
             write_json(run / RESULT, {"trained_by": "the other process"})
 
-    other = threading.Thread(target=other_process)
-    other.start()
-    holding.wait(timeout=30)
-    threading.Timer(0.5, finish.set).start()
-    result = fit(config, run_dir=run, data_dir=mnist_dir, progress=False, wait_if_busy=True)
-    other.join()
+    hear = HearWaiting()
+    logging.getLogger("attention.runs").addHandler(hear)
+    try:
+        other = threading.Thread(target=other_process)
+        other.start()
+        holding.wait(timeout=30)
+        result = fit(config, run_dir=run, data_dir=mnist_dir, progress=False, wait_if_busy=True)
+        other.join()
+    finally:
+        logging.getLogger("attention.runs").removeHandler(hear)
+    assert waited.is_set()  # it did wait (not merely arrive after the other had finished)
     assert result == {"trained_by": "the other process"}
     assert not (run / CHECKPOINT).exists()  # nothing trained twice
+
+
+@pytest.mark.mnist
+def test_a_run_ended_by_an_error_lets_go_of_its_directory(mnist_dir, tmp_path):
+    from attention.runs import run_is_busy
+
+    def stop(row: dict, final: bool) -> None:
+        assert run_is_busy(tmp_path / "run")  # held while it trains
+        raise RuntimeError("stopped by the caller")
+
+    quick = smoke(**{"train.epochs": 2, "data.eval_limit": 200})
+    with pytest.raises(RuntimeError, match="stopped by the caller"):
+        fit(quick, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False, on_epoch=stop)
+    assert not run_is_busy(tmp_path / "run")
 
 
 def test_impossible_model_is_refused_before_anything_is_written(tmp_path):
