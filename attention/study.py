@@ -22,7 +22,7 @@ from attention import AttentionError
 from attention.config import Config, flatten, load_toml, tomllib, with_overrides
 
 STUDY_KEYS = ("title", "source", "recipe", "seeds", "budget", "evaluation", "row", "compare")
-ROW_KEYS = ("label", "recipe", "set", "stage", "seeds", "paper", "paper_note", "series")
+ROW_KEYS = ("label", "recipe", "set", "stage", "seeds", "paper", "paper_note", "series", "target")
 STAGE_KEYS = ("label", "set")
 EVALUATION_KEYS = ("draws", "independent_test_seeds")
 COMPARE_KEYS = ("rows", "why")
@@ -63,6 +63,9 @@ class Row:
     paper_note: str = ""
     series: str | None = None
     """Rows of one series are drawn as a line against the number of glimpses in the study's figure."""
+    target: float | None = None
+    """The test error in % the row's seed mean must reach (an issue's target); the report says by how much
+    it is met or missed."""
 
 
 @dataclass(frozen=True)
@@ -244,9 +247,10 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
             overrides.update(SMOKE)
             stages = [{k: v for k, v in s.items() if k not in SMOKE} for s in stages]
         row_seeds = seeds_list(path, f"{where}.seeds", item["seeds"]) if "seeds" in item else seeds
-        paper = item.get("paper")
-        if paper is not None and (isinstance(paper, bool) or not isinstance(paper, (int, float))):
-            raise AttentionError(f"{path}: '{where}.paper' is the paper's test error in %, a number")
+        paper, target = item.get("paper"), item.get("target")
+        for key, value in (("paper", paper), ("target", target)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise AttentionError(f"{path}: '{where}.{key}' is a test error in %, a number")
         series = item.get("series")
         if series is not None and not isinstance(series, str):
             raise AttentionError(f"{path}: '{where}.series' must be a name")
@@ -259,6 +263,7 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
             paper=None if paper is None else float(paper),
             paper_note=str(item.get("paper_note", "")),
             series=series,
+            target=None if target is None else float(target),
         )
         _check_row(path, row)
         rows.append(row)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from attention import AttentionError
+from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import run_evaluation, unpack
 from attention.report.stats import mcnemar_exact, seed_summary, where_paper_falls
 from attention.runs import RESULT, read_json, read_metrics
@@ -109,6 +110,7 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
     if not seeds:
         cells["test error %"] = "not run" + (f" (seeds {', '.join(map(str, result.missing))})")
         cells["paper %"] = _pct(row.paper)
+        cells["target %"] = target_text(row.target, None)
         return cells
     summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
     spread = f" ± {summary.sd:.2f}" if summary.sd is not None else ""
@@ -125,12 +127,23 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
         cells[f"test seed {test_seed} %"] = mean_text([_error(s.independent[test_seed]) for s in seeds])
     cells["paper %"] = _pct(row.paper) + (f" ({row.paper_note})" if row.paper_note else "")
     cells["paper vs ours"] = "" if row.paper is None else where_paper_falls(row.paper, summary)
+    cells["target %"] = target_text(row.target, summary.mean)
     cells["epochs"] = ", ".join(sorted({epochs_text(s) for s in seeds}))
     cells["train time"] = f"{np.mean([minutes(s) for s in seeds]):.1f} min{devices(seeds)}"
     return cells
 
 
-def columns(independent_seeds: tuple[int, ...]) -> list[str]:
+def target_text(target: float | None, mean: float | None) -> str:
+    """'4.04: missed by 0.52' or '4.04: met, 0.10 below' (the seed mean against the row's target)."""
+    if target is None:
+        return ""
+    if mean is None:
+        return f"{target:.2f}"
+    gap = round(mean - target, 2)
+    return f"{target:.2f}: " + (f"missed by {gap:.2f}" if gap > 0 else f"met, {abs(gap):.2f} below")
+
+
+def columns(independent_seeds: tuple[int, ...], *, targets: bool = False) -> list[str]:
     return [
         "row",
         "test error %",
@@ -141,6 +154,7 @@ def columns(independent_seeds: tuple[int, ...]) -> list[str]:
         *[f"test seed {s} %" for s in independent_seeds],
         "paper %",
         "paper vs ours",
+        *(["target %"] if targets else []),
         "epochs",
         "train time",
     ]
@@ -196,7 +210,9 @@ def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
 def markdown(
     study: Study, rows: list[RowResult], pairs: list[dict[str, str]], figures: dict[str, Path], base: Path
 ) -> str:
-    cols = columns(study.evaluation.independent_test_seeds)
+    cols = columns(
+        study.evaluation.independent_test_seeds, targets=any(r.target is not None for r in study.rows)
+    )
     draws = study.evaluation.draws
     lines = [f"## {study.title}", ""]
     if study.source:
@@ -226,9 +242,50 @@ def markdown(
         for cells in pairs:
             values = [cells["A"], cells["B"], cells["result"], cells.get("pooled", ""), cells["why"]]
             lines.append("| " + " | ".join(values) + " |")
+    lines += curve_lines(rows)
     for name, path in figures.items():
         lines += ["", f"![{name}]({os.path.relpath(path, base)})"]
     return "\n".join(lines) + "\n"
+
+
+def seed_curve(seed: SeedResult) -> CurveReading:
+    """How the last stage of one seed's chain ended (:mod:`attention.report.curves`)."""
+    from attention.runs import load_run_config
+    from attention.tasks import TASKS
+
+    last = seed.run_dirs[-1]
+    task = TASKS.get(load_run_config(last).data.task)
+    return read_curve(read_metrics(last), lambda row: task.selection_percent(task.epoch_selection(row)))
+
+
+def curve_lines(rows: list[RowResult]) -> list[str]:
+    """The table of how each finished seed's training ended."""
+    table = []
+    for result in rows:
+        for seed in result.seeds:
+            c = seed_curve(seed)
+            if c.best is None:
+                table.append(f"| {result.row.label} | {seed.seed} | {c.epochs} |  |  |  | {c.reading} |")
+                continue
+            train = "" if c.train_at_end is None else f"{c.train_at_end:.2f}"
+            table.append(
+                f"| {result.row.label} | {seed.seed} | {c.epochs} | {c.best:.2f} (epoch {c.best_epoch}) | "
+                f"{c.at_three_quarters:.2f} → {c.at_end:.2f} | {train} | {c.reading} |"
+            )
+    if not table:
+        return []
+    return [
+        "",
+        "How each seed's training ended (its last stage): the validation number it selected its weights by, "
+        "smoothed over the last 5% of the epochs (at least 3), from 3/4 of the epochs to the end; the last "
+        "epoch's training error (sampled locations for a retina); and what that reads as "
+        "(attention/report/curves.py: still improving = under-trained, plateau, slowing, over-fitting):",
+        "",
+        "| row | seed | epochs | best validation % (epoch) | validation % at 3/4 → end "
+        "| train error % at end | reading |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *table,
+    ]
 
 
 def csv_text(study: Study, rows: list[RowResult]) -> str:
@@ -237,7 +294,7 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
     fields = ["row", "seeds_run", "seeds_missing", "mean_pct", "sd_pct", "ci95_low_pct", "ci95_high_pct"]
     fields += ["per_seed_pct", "draw_sd_pct", "averaged_over_draws_pct"]
     fields += [f"test_seed_{s}_pct" for s in independent]
-    fields += ["paper_pct", "epochs", "train_minutes", "devices"]
+    fields += ["paper_pct", "target_pct", "epochs", "train_minutes", "devices", "curve_readings"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
@@ -248,6 +305,7 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
             "seeds_run": " ".join(str(s.seed) for s in seeds),
             "seeds_missing": " ".join(map(str, result.missing)),
             "paper_pct": result.row.paper,
+            "target_pct": result.row.target,
         }
         if seeds:
             summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
@@ -262,6 +320,7 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
                 epochs=" / ".join(epochs_text(s) for s in seeds),
                 train_minutes=float(np.mean([minutes(s) for s in seeds])),
                 devices=" ".join(sorted({r.get("device", "cpu") for s in seeds for r in s.results})),
+                curve_readings="; ".join(f"s{s.seed}: {seed_curve(s).reading}" for s in seeds),
             )
             for test_seed in independent:
                 line[f"test_seed_{test_seed}_pct"] = _mean([_error(s.independent[test_seed]) for s in seeds])

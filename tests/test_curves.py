@@ -1,0 +1,86 @@
+"""Reading how a run ended from its learning curve, and a row's target, in a study report."""
+
+import pytest
+
+from attention.config import Config, to_dict
+from attention.report.curves import (
+    OVER_FITTING,
+    PLATEAU,
+    SLOWING,
+    STILL_IMPROVING,
+    TOO_SHORT,
+    WORSE,
+    read_curve,
+)
+from attention.report.study_report import RowResult, SeedResult, curve_lines, target_text
+from attention.runs import write_json, write_metrics
+from attention.study import Row
+from attention.train import resolve_config
+
+
+def rows(validation: list[float], train: list[float] | None = None) -> list[dict]:
+    train = train or [v + 1.0 for v in validation]
+    return [
+        {"epoch": e, "val_error_pct": v, "train_error_pct": t}
+        for e, (v, t) in enumerate(zip(validation, train, strict=True), start=1)
+    ]
+
+
+def val(row: dict) -> float:
+    return row["val_error_pct"]
+
+
+def test_a_curve_still_falling_at_its_end_reads_as_still_improving():
+    falling = [100.0 / e for e in range(1, 101)]  # 1.33 at 3/4, 1.0 at the end: best is the last
+    reading = read_curve(rows(falling), val)
+    assert reading.reading == STILL_IMPROVING and reading.best_epoch == 100
+    assert reading.at_end < reading.at_three_quarters
+
+
+def test_a_flat_last_quarter_reads_as_a_plateau():
+    flat = [10.0 - e / 10 for e in range(50)] + [5.0 + 0.01 * (e % 3) for e in range(50)]
+    assert read_curve(rows(flat), val).reading == PLATEAU
+
+
+def test_validation_rising_after_its_best_while_training_error_falls_reads_as_over_fitting():
+    validation = [10.0 - e / 10 for e in range(40)] + [6.0 + e / 10 for e in range(60)]  # best at epoch 40
+    train = [10.0 - e / 20 for e in range(100)]  # falls all along
+    reading = read_curve(rows(validation, train), val)
+    assert reading.reading == OVER_FITTING and reading.best_epoch == 41
+    # the same rise with a training error that rose as well is not over-fitting: just worse at the end
+    assert read_curve(rows(validation, [5.0 + e / 10 for e in range(100)]), val).reading == WORSE
+
+
+def test_a_curve_that_fell_but_peaked_before_its_end_reads_as_slowing():
+    validation = [10.0 - e / 10 for e in range(80)] + [1.0] * 3 + [1.6] * 17  # best at epoch 81, then up
+    reading = read_curve(rows(validation), val)
+    assert reading.reading == SLOWING and reading.best_epoch == 81
+
+
+def test_a_short_run_is_not_read():
+    assert read_curve(rows([5.0, 4.0, 3.0]), val).reading == TOO_SHORT
+
+
+@pytest.mark.parametrize(
+    ("target", "mean", "text"),
+    [
+        (4.04, 4.56, "4.04: missed by 0.52"),
+        (4.04, 3.94, "4.04: met, 0.10 below"),
+        (4.04, 4.04, "4.04: met, 0.00 below"),
+        (4.04, None, "4.04"),
+        (None, 4.5, ""),
+    ],
+)
+def test_a_rows_target_says_by_how_much_it_is_met_or_missed(target, mean, text):
+    assert target_text(target, mean) == text
+
+
+def test_the_report_reads_every_finished_seeds_last_stage(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "config.json", to_dict(resolve_config(Config())))
+    write_metrics(run, rows([100.0 / e for e in range(1, 41)]))
+    row = Row("RAM, 6 glimpses", {}, ({},), ("RAM, 6 glimpses",), (0,))
+    seed = SeedResult(seed=0, run_dirs=[run], results=[{}], main={})
+    text = "\n".join(curve_lines([RowResult(row, [seed], missing=[])]))
+    assert "| RAM, 6 glimpses | 0 | 40 | 2.50 (epoch 40) |" in text and STILL_IMPROVING in text
