@@ -4,9 +4,9 @@ import pytest
 
 from attention.config import Config, to_dict
 from attention.report.curves import (
+    LEVELLED,
     OVER_FITTING,
     PLATEAU,
-    SLOWING,
     STILL_IMPROVING,
     TOO_SHORT,
     WORSE,
@@ -51,10 +51,10 @@ def test_validation_rising_after_its_best_while_training_error_falls_reads_as_ov
     assert read_curve(rows(validation, [5.0 + e / 10 for e in range(100)]), val).reading == WORSE
 
 
-def test_a_curve_that_fell_but_peaked_before_its_end_reads_as_slowing():
-    validation = [10.0 - e / 10 for e in range(80)] + [1.0] * 3 + [1.6] * 17  # best at epoch 81, then up
+def test_a_curve_that_fell_over_its_last_quarter_but_not_its_last_tenth_levelled_off():
+    validation = [10.0 - e / 10 for e in range(85)] + [1.6] * 15  # falls to epoch 85, then flat
     reading = read_curve(rows(validation), val)
-    assert reading.reading == SLOWING and reading.best_epoch == 81
+    assert reading.reading == LEVELLED and reading.at_nine_tenths == reading.at_end == 1.6
 
 
 def test_a_short_run_is_not_read():
@@ -83,4 +83,5 @@ def test_the_report_reads_every_finished_seeds_last_stage(tmp_path):
     row = Row("RAM, 6 glimpses", {}, ({},), ("RAM, 6 glimpses",), (0,))
     seed = SeedResult(seed=0, run_dirs=[run], results=[{}], main={})
     text = "\n".join(curve_lines([RowResult(row, [seed], missing=[])]))
-    assert "| RAM, 6 glimpses | 0 | 40 | 2.50 (epoch 40) |" in text and STILL_IMPROVING in text
+    assert "| RAM, 6 glimpses | 0 | 40 | 2.50 (epoch 40) | 3.45 → 2.86 → 2.57 |" in text
+    assert STILL_IMPROVING in text

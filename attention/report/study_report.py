@@ -268,20 +268,21 @@ def curve_lines(rows: list[RowResult]) -> list[str]:
                 table.append(f"| {result.row.label} | {seed.seed} | {c.epochs} |  |  |  | {c.reading} |")
                 continue
             train = "" if c.train_at_end is None else f"{c.train_at_end:.2f}"
+            path = f"{c.at_three_quarters:.2f} → {c.at_nine_tenths:.2f} → {c.at_end:.2f}"
             table.append(
                 f"| {result.row.label} | {seed.seed} | {c.epochs} | {c.best:.2f} (epoch {c.best_epoch}) | "
-                f"{c.at_three_quarters:.2f} → {c.at_end:.2f} | {train} | {c.reading} |"
+                f"{path} | {train} | {c.reading} |"
             )
     if not table:
         return []
     return [
         "",
         "How each seed's training ended (its last stage): the validation number it selected its weights by, "
-        "smoothed over the last 5% of the epochs (at least 3), from 3/4 of the epochs to the end; the last "
+        "smoothed over 5% of the epochs (at least 3), at 3/4 and 9/10 of the epochs and at the end; the last "
         "epoch's training error (sampled locations for a retina); and what that reads as "
-        "(attention/report/curves.py: still improving = under-trained, plateau, slowing, over-fitting):",
+        "(attention/report/curves.py: still improving = still falling at the end, under-trained):",
         "",
-        "| row | seed | epochs | best validation % (epoch) | validation % at 3/4 → end "
+        "| row | seed | epochs | best validation % (epoch) | validation % at 3/4 → 9/10 → end "
         "| train error % at end | reading |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *table,
