@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from attention.runs import CHECKPOINT, METRICS, RESULT, read_json, read_metrics, run_is_busy
-from attention.study import Study, Unit, unit_config, unit_run
+from attention.config import config_hash
+from attention.runs import CHECKPOINT, METRICS, RESULT, find_run, read_json, read_metrics, run_is_busy
+from attention.study import Study, Unit, unit_config
 
 FINISHED, TRAINING, STOPPED, NOT_STARTED, WAITING = (
     "finished",
@@ -56,7 +57,8 @@ def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
     config = unit_config(unit, runs_dir)
     if config is None:
         return UnitStatus(unit, WAITING, None)
-    run = unit_run(unit, runs_dir)
+    # unit_run would resolve the unit's config (and its earlier stages') a second time
+    run = find_run(config, runs_dir, missing_ok=True) or Path(runs_dir) / config_hash(config)
     task = TASKS.get(config.data.task)
     epochs = task(config, data_dir=None, device=torch.device("cpu")).num_epochs
     budget = config.train.time_budget_s
