@@ -35,6 +35,8 @@ class SeedResult:
     main: dict[str, Any]
     """The evaluation on the fixed test set."""
     independent: dict[int, dict[str, Any]] = field(default_factory=dict)
+    curve: CurveReading | None = None
+    """How the last stage's training ended (read once here; the Markdown and the CSV both show it)."""
 
 
 @dataclass
@@ -62,7 +64,7 @@ def collect(study: Study, runs_dir: Path, *, cache_dir: Path, data_dir=None, dev
                 for s in study.evaluation.independent_test_seeds
             }
             results = [read_json(run / RESULT) for run in run_dirs]
-            found.append(SeedResult(seed, run_dirs, results, main, independent))
+            found.append(SeedResult(seed, run_dirs, results, main, independent, curve=seed_curve(last)))
         rows.append(RowResult(row, found, missing))
     return rows
 
@@ -248,12 +250,11 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def seed_curve(seed: SeedResult) -> CurveReading:
-    """How the last stage of one seed's chain ended (:mod:`attention.report.curves`)."""
+def seed_curve(last: Path) -> CurveReading:
+    """How the last stage of one seed's chain (its run ``last``) ended (:mod:`attention.report.curves`)."""
     from attention.runs import load_run_config
     from attention.tasks import TASKS
 
-    last = seed.run_dirs[-1]
     task = TASKS.get(load_run_config(last).data.task)
     return read_curve(read_metrics(last), lambda row: task.selection_percent(task.epoch_selection(row)))
 
@@ -263,7 +264,7 @@ def curve_lines(rows: list[RowResult]) -> list[str]:
     table = []
     for result in rows:
         for seed in result.seeds:
-            c = seed_curve(seed)
+            c = seed.curve
             if c.best is None:
                 table.append(f"| {result.row.label} | {seed.seed} | {c.epochs} |  |  |  | {c.reading} |")
                 continue
@@ -321,7 +322,7 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
                 epochs=" / ".join(epochs_text(s) for s in seeds),
                 train_minutes=float(np.mean([minutes(s) for s in seeds])),
                 devices=" ".join(sorted({r.get("device", "cpu") for s in seeds for r in s.results})),
-                curve_readings="; ".join(f"s{s.seed}: {seed_curve(s).reading}" for s in seeds),
+                curve_readings="; ".join(f"s{s.seed}: {s.curve.reading}" for s in seeds),
             )
             for test_seed in independent:
                 line[f"test_seed_{test_seed}_pct"] = _mean([_error(s.independent[test_seed]) for s in seeds])
