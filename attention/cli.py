@@ -267,11 +267,11 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_study_run(args: argparse.Namespace) -> None:
     from attention.study_run import run_study
 
-    summary = run_study(args.file, **_engine_options(args))
-    print(
-        f"study {args.file}: {summary['finished']} of {summary['units']} runs finished "
-        f"(storage {summary['storage']}, runs in {summary['runs_dir']})"
-    )
+    for summary in run_study(args.files, **_engine_options(args)):
+        print(
+            f"study {summary['file']}: {summary['finished']} of {summary['units']} runs finished "
+            f"(storage {summary['storage']}, runs in {summary['runs_dir']})"
+        )
 
 
 def cmd_study_status(args: argparse.Namespace) -> None:
@@ -451,8 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="train and report a study (a question, as a TOML file)")
     study_commands = study.add_subparsers(dest="study", required=True)
-    study_run = study_commands.add_parser("run", help="train every row x seed x stage that has no result yet")
-    study_run.add_argument("file")
+    study_run = study_commands.add_parser(
+        "run",
+        help="train every row x seed x stage that has no result yet; with several files, in order, each "
+        "worker going on to the next file when it can claim nothing more in the earlier ones",
+    )
+    study_run.add_argument("files", nargs="+", metavar="file")
     engine(study_run)
     study_run.set_defaults(func=cmd_study_run)
     study_status = study_commands.add_parser(

@@ -267,8 +267,24 @@ class WorkerSpec:
     """A search's trials trained together by each worker, as one population (attention/population.py)."""
 
 
-def _execute(spec: WorkerSpec) -> tuple[Callable[[optuna.Trial], float], Callable[[], None], Any]:
-    """The work of a ``spec``: (execute a claimed trial -> its value, enqueue what is pending, the study)."""
+@dataclass
+class Work:
+    """One study or search file's work, as a worker process holds it."""
+
+    spec: WorkerSpec
+    execute: Callable[[optuna.Trial], float]
+    """Run a claimed trial; returns its value."""
+    refill: Callable[[], None]
+    """Enqueue what is pending (called under :func:`storage_lock`)."""
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    accept: Callable[[optuna.trial.FrozenTrial], bool] | None = None
+    """Which waiting trials this worker may claim now (a study skips a unit whose run another process is
+    training: it would only wait for it)."""
+
+
+def _work(spec: WorkerSpec) -> Work:
+    """The work of a ``spec``, built by the module of its kind."""
     if spec.kind == "study":
         from attention.study_run import work
     elif spec.kind == "search":
@@ -278,43 +294,50 @@ def _execute(spec: WorkerSpec) -> tuple[Callable[[optuna.Trial], float], Callabl
     return work(spec)
 
 
-def worker(spec: WorkerSpec) -> int:
+def worker(*specs: WorkerSpec) -> int:
     """Claim and run trials until none waits and none runs elsewhere; returns how many this worker ran.
 
-    Waiting for trials that run elsewhere lets a surviving worker reap and retry one whose worker died,
-    so the study still reaches its trial count."""
+    With several specs (``attention study run A B``) the worker takes a trial of the first file that has
+    one it can claim, so it goes on to B while A's last units train elsewhere, and comes back to A for a
+    retry. Waiting for trials that run elsewhere lets a surviving worker reap and retry one whose worker
+    died, so every file still reaches its trial count."""
     import torch
 
-    if spec.device == "cpu" or not spec.device.startswith("cuda"):
-        torch.set_num_threads(spec.threads)
-    if spec.population > 1:
+    first = specs[0]
+    if first.device == "cpu" or not first.device.startswith("cuda"):
+        torch.set_num_threads(first.threads)
+    if first.population > 1:
         from attention.population_search import population_worker
 
-        return population_worker(spec)
-    execute, refill, (study, storage) = _execute(spec)
+        if len(specs) > 1:
+            raise AttentionError("--population trains the trials of one search file at a time")
+        return population_worker(first)
+    works = [_work(spec) for spec in specs]
     ran = 0
-    while (trial := next_trial(spec, study, storage, refill)) is not None:
-        run_trial(study, storage, trial, execute, spec.heartbeat_s)
+    while (found := next_trial(works)) is not None:
+        work, trial = found
+        run_trial(work.study, work.storage, trial, work.execute, work.spec.heartbeat_s)
         ran += 1
     return ran
 
 
-def next_trial(
-    spec: WorkerSpec, study: optuna.Study, storage: optuna.storages.BaseStorage, refill: Callable[[], None]
-) -> optuna.Trial | None:
-    """The next trial this worker claims, after reaping stale trials and enqueueing what is pending; while
-    nothing waits but trials run elsewhere it waits for them (their worker may die and need a retry).
-    None when nothing waits and nothing runs."""
+def next_trial(works: list[Work]) -> tuple[Work, optuna.Trial] | None:
+    """The next trial this worker claims, from the first of ``works`` that has one it accepts, after
+    reaping stale trials and enqueueing what is pending. While nothing it can claim waits but trials run
+    (or wait) it waits for them: their worker may die and need a retry, a skipped run may come free. None
+    when nothing waits and nothing runs in any of them."""
     while True:
-        with storage_lock(spec.storage, storage):
-            reap_stale(study, storage, spec.stale_after_s)
-            refill()
-        trial = claim(study, storage)
-        if trial is not None:
-            return trial
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        for work in works:
+            with storage_lock(work.spec.storage, work.storage):
+                reap_stale(work.study, work.storage, work.spec.stale_after_s)
+                work.refill()
+            trial = claim(work.study, work.storage, work.accept)
+            if trial is not None:
+                return work, trial
+        active = (TrialState.RUNNING, TrialState.WAITING)
+        if not any(work.study.get_trials(deepcopy=False, states=active) for work in works):
             return None
-        time.sleep(spec.poll_s)
+        time.sleep(works[0].spec.poll_s)
 
 
 def run_trial(
@@ -368,24 +391,25 @@ def default_workers(device: str) -> tuple[int, list[str], int]:
     return cores, ["cpu"] * cores, 1
 
 
-def start_workers(spec: WorkerSpec, workers: int | None) -> int:
-    """Run ``workers`` worker processes (default: :func:`default_workers`) and wait for them; a single
-    worker runs in this process. Returns the number of trials run here (0 when they ran in worker
-    processes). Ctrl-C stops every worker cleanly."""
-    count, devices, threads = default_workers(spec.device)
+def start_workers(specs: list[WorkerSpec], workers: int | None) -> int:
+    """Run ``workers`` worker processes (default: :func:`default_workers`), each working through ``specs``
+    in order (:func:`worker`), and wait for them; a single worker runs in this process. Returns the number
+    of trials run here (0 when they ran in worker processes). Ctrl-C stops every worker cleanly."""
+    count, devices, threads = default_workers(specs[0].device)
     if workers is not None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         devices = [devices[i % len(devices)] for i in range(workers)]
         threads = max(1, cores // workers) if devices[0] == "cpu" else 1
         count = workers
-    specs = [_with(spec, device=devices[i], threads=threads) for i in range(count)]
+    per_worker = [tuple(_with(s, device=devices[i], threads=threads) for s in specs) for i in range(count)]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # as in a worker process (see _worker_main)
     if count == 1:
-        return worker(specs[0])
+        return worker(*per_worker[0])
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     processes = [
-        context.Process(target=_worker_main, args=(s,), name=f"worker-{i}") for i, s in enumerate(specs)
+        context.Process(target=_worker_main, args=mine, name=f"worker-{i}")
+        for i, mine in enumerate(per_worker)
     ]
     for process in processes:
         process.start()
@@ -415,13 +439,13 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _worker_main(spec: WorkerSpec) -> None:
+def _worker_main(*specs: WorkerSpec) -> None:
     # a batch system stops a job with SIGTERM: stop as cleanly as on Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(processName)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        worker(spec)
+        worker(*specs)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except AttentionError as error:
@@ -438,7 +462,7 @@ def default_storage(path: str | Path) -> str:
 
 def launch(
     kind: str,
-    path: Path,
+    paths: list[Path],
     *,
     workers: int | None,
     storage: str | None,
@@ -450,35 +474,42 @@ def launch(
     heartbeat_s: float,
     stale_after_s: float,
     **more: Any,
-) -> tuple[WorkerSpec, optuna.Study]:
-    """Enqueue what a study or search file (``kind``) still lacks and run its workers; the file was
-    checked by the caller. A smoke run gets a temporary folder for its storage and runs unless told where.
-    Returns the spec the workers ran and the Optuna study."""
+) -> list[tuple[WorkerSpec, optuna.Study]]:
+    """Enqueue what each study or search file (``kind``) still lacks and run workers that work through
+    them in order; the files were checked by the caller. Each file keeps its own storage (its journal,
+    unless ``storage`` names one for all: one journal or database holds many studies, by name). A smoke
+    run gets a temporary folder for its storage and runs unless told where. Returns each file's spec and
+    Optuna study."""
     import tempfile
 
     if smoke and storage is None:
-        scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(path).stem}-"))
+        scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
         storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
-    storage = storage or default_storage(path)
-    spec = WorkerSpec(
-        kind=kind,
-        file=str(path),
-        storage=storage,
-        runs_dir=str(runs_dir),
-        data_dir=None if data_dir is None else str(data_dir),
-        device=device,
-        threads=1,
-        smoke=smoke,
-        progress=progress,
-        heartbeat_s=heartbeat_s,
-        stale_after_s=stale_after_s,
-        **more,
-    )
-    _, refill, (study, backend) = _execute(spec)
-    with storage_lock(storage, backend):
-        refill()
-    start_workers(spec, workers)
-    return spec, study
+    specs = [
+        WorkerSpec(
+            kind=kind,
+            file=str(path),
+            storage=storage or default_storage(path),
+            runs_dir=str(runs_dir),
+            data_dir=None if data_dir is None else str(data_dir),
+            device=device,
+            threads=1,
+            smoke=smoke,
+            progress=progress,
+            heartbeat_s=heartbeat_s,
+            stale_after_s=stale_after_s,
+            **more,
+        )
+        for path in paths
+    ]
+    launched = []
+    for spec in specs:
+        work = _work(spec)
+        with storage_lock(spec.storage, work.storage):
+            work.refill()
+        launched.append((spec, work.study))
+    start_workers(specs, workers)
+    return launched
 
 
 def _with(spec: WorkerSpec, **changes: Any) -> WorkerSpec:

@@ -44,7 +44,8 @@ def population_worker(spec: WorkerSpec) -> int:
 
     if spec.kind != "search":
         raise AttentionError("--population trains the trials of a search; a study runs its units one by one")
-    _, refill, (study, storage) = work(spec)
+    searching = work(spec)
+    study, storage = searching.study, searching.storage
     search = load_search(spec.file, smoke=spec.smoke)
     if spec.trials is not None:
         search = dataclasses.replace(search, trials=spec.trials)
@@ -57,7 +58,8 @@ def population_worker(spec: WorkerSpec) -> int:
         return resolve_config(search.config(drawn[draw]))
 
     ran = 0
-    while (first := next_trial(spec, study, storage, refill)) is not None:
+    while (found := next_trial([searching])) is not None:
+        first = found[1]
         claimed = [first]
         base = config_of(storage.get_trial(first._trial_id))
         if base is not None:

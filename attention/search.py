@@ -25,6 +25,7 @@ from attention.config import Config, with_overrides
 from attention.engine import (
     KEY,
     Item,
+    Work,
     WorkerSpec,
     check_still_running,
     enqueue,
@@ -178,7 +179,7 @@ def items(search: Search) -> list[Item]:
     return [Item(f"draw {i}", params=params, attrs={"draw": i}) for i, params in enumerate(draws(search))]
 
 
-def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
+def work(spec: WorkerSpec) -> Work:
     """What a worker runs for a search (see :func:`attention.engine.worker`)."""
     from attention.tasks import TASKS
     from attention.train import fit
@@ -221,7 +222,7 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
         )
         return task.result_selection(result)
 
-    return execute, refill, (study, storage)
+    return Work(spec, execute, refill, study, storage)
 
 
 def report_epoch(
@@ -289,9 +290,9 @@ def run_search(
         raise AttentionError("--trials must be >= 1")
     if population < 1:
         raise AttentionError(f"--population must be >= 1, got {population}")
-    spec, study = launch(
+    [(spec, study)] = launch(
         "search",
-        path,
+        [path],
         workers=workers,
         storage=storage,
         runs_dir=runs_dir,

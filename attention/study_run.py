@@ -1,10 +1,11 @@
-"""``attention study run``: train every row x seed x stage of a study that has no result yet.
+"""``attention study run FILE...``: train every row x seed x stage of each study that has no result yet.
 
 Each unit is a work item of :mod:`attention.engine` (a fixed Optuna trial); its run directory is its
 configuration's identity, so a finished unit is never retrained, a committed run that matches a row counts
 as done, and a stopped or crashed study continues where it was. A unit that two studies share is trained by
-one of them at a time: the other's worker waits for the run (attention/runs.py: holding_run) and takes its
-result.
+one of them at a time (attention/runs.py: holding_run): a worker does not claim a unit whose run another
+process is training while it has other work (this file's or a later file's), and otherwise waits for the
+run and takes its result.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from attention import AttentionError
 from attention.engine import (
     KEY,
     Item,
+    Work,
     WorkerSpec,
     check_still_running,
     enqueue,
     launch,
     open_study,
 )
-from attention.runs import RESULT
+from attention.runs import RESULT, run_is_busy
 from attention.study import Study, Unit, load_study, unit_config, unit_run
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def pending_items(study: Study, runs_dir: Path) -> tuple[list[Item], dict[str, U
     return items, units
 
 
-def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
+def work(spec: WorkerSpec) -> Work:
     """What a worker runs for a study (see :func:`attention.engine.worker`)."""
     from attention.tasks import TASKS
     from attention.train import fit
@@ -81,7 +83,13 @@ def work(spec: WorkerSpec) -> tuple[Any, Any, Any]:
         )
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 
-    return execute, refill, (optuna_study, storage)
+    def free(trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether no other process trains this unit's run now (a unit another study shares)."""
+        unit = units.get(trial.user_attrs.get(KEY))
+        run_dir = unit_run(unit, runs_dir) if unit else None
+        return run_dir is None or not run_is_busy(run_dir)
+
+    return Work(spec, execute, refill, optuna_study, storage, accept=free)
 
 
 def finished(unit: Unit, runs_dir: Path) -> bool:
@@ -94,7 +102,7 @@ def study_name(study: Study, smoke: bool) -> str:
 
 
 def run_study(
-    path: str | Path,
+    paths: str | Path | list[str | Path],
     *,
     workers: int | None = None,
     storage: str | None = None,
@@ -105,14 +113,24 @@ def run_study(
     progress: bool = True,
     heartbeat_s: float = 30.0,
     stale_after_s: float = 300.0,
-) -> dict[str, Any]:
-    """Train what a study still lacks. ``smoke`` runs a tiny version in a temporary folder (unless
-    ``storage``/``runs_dir`` say where). Returns a summary: units finished, and the storage used."""
-    path = Path(path)
-    study = load_study(path, smoke=smoke)  # refuses a malformed file before anything runs
-    spec, _ = launch(
+) -> list[dict[str, Any]]:
+    """Train what each study lacks, the files in order, every worker going on to the next file when it
+    can claim nothing more in the earlier ones. ``smoke`` runs a tiny version in a temporary folder
+    (unless ``storage``/``runs_dir`` say where). Returns a summary per file: units, finished, storage."""
+    paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
+    if len({path.resolve() for path in paths}) != len(paths):
+        raise AttentionError("a study file is named twice; name each once")
+    studies = [load_study(path, smoke=smoke) for path in paths]  # refuse a malformed file before any run
+    names = [study_name(study, smoke) for study in studies]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise AttentionError(
+            f"two study files have the same name ({', '.join(twice)}), and a study's name keys its storage "
+            "and folder: rename one"
+        )
+    launched = launch(
         "study",
-        path,
+        paths,
         workers=workers,
         storage=storage,
         runs_dir=runs_dir,
@@ -123,6 +141,17 @@ def run_study(
         heartbeat_s=heartbeat_s,
         stale_after_s=stale_after_s,
     )
-    units = study.units()
-    done = sum(finished(unit, Path(spec.runs_dir)) for unit in units)
-    return {"units": len(units), "finished": done, "storage": spec.storage, "runs_dir": spec.runs_dir}
+    summaries = []
+    for study, (spec, _) in zip(studies, launched, strict=True):
+        units = study.units()
+        done = sum(finished(unit, Path(spec.runs_dir)) for unit in units)
+        summaries.append(
+            {
+                "file": str(study.path),
+                "units": len(units),
+                "finished": done,
+                "storage": spec.storage,
+                "runs_dir": spec.runs_dir,
+            }
+        )
+    return summaries

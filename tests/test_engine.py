@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from search_files import tiny_search_text
 
 from attention import AttentionError
-from attention.engine import KEY, open_storage
+from attention.engine import HEARTBEAT, KEY, open_storage
 from attention.runs import CHECKPOINT, RESULT, read_metrics
 from attention.search import draws, load_search, run_search
 from attention.study import Unit, load_study, unit_run
@@ -117,7 +117,7 @@ def test_a_study_finishes_every_unit_once_and_its_report_pairs_rows(mnist_dir, t
     study_file, _ = write_files(tmp_path, epochs=1)
     storage = f"journal:{tmp_path / 'study.journal'}"
     runs = tmp_path / "runs"
-    summary = run_study(
+    [summary] = run_study(
         study_file, workers=2, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False
     )
     assert summary["finished"] == summary["units"] == 6
@@ -194,7 +194,7 @@ def test_ctrl_c_stops_a_worker_cleanly_and_the_study_resumes_where_it_was(mnist_
     stopped_run = Path(interrupted[0].user_attrs["run_dir"])
     epoch_one = read_metrics(stopped_run)[0]
 
-    summary = run_study(
+    [summary] = run_study(
         study_file, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False
     )
     assert summary["finished"] == summary["units"] == 6
@@ -323,3 +323,93 @@ def test_the_pruner_stops_a_trial_before_its_last_epoch_but_never_at_it():
     assert late.should_prune()  # the pruner would have stopped it
     study.tell(late, 50.0)
     assert study.trials[-1].state == TrialState.COMPLETE
+
+
+def study_work(study_file: Path, storage: str, runs: Path, mnist_dir: Path):
+    from attention.engine import WorkerSpec, storage_lock
+    from attention.study_run import work
+
+    spec = WorkerSpec(
+        kind="study", file=str(study_file), storage=storage, runs_dir=str(runs), data_dir=str(mnist_dir),
+        device="cpu", threads=1, poll_s=0.05,
+    )  # fmt: skip
+    found = work(spec)
+    with storage_lock(storage, found.storage):
+        found.refill()
+    return found
+
+
+def test_a_worker_does_not_claim_a_unit_whose_run_another_process_trains(mnist_dir, tmp_path):
+    from attention.engine import claim
+    from attention.runs import holding_run
+
+    study_file, _ = write_files(tmp_path)
+    runs = tmp_path / "runs"
+    work = study_work(study_file, f"journal:{tmp_path / 'study.journal'}", runs, mnist_dir)
+    busy_unit = Unit(load_study(study_file).rows[0], 0, 0)
+    busy = unit_run(busy_unit, runs)
+    busy.mkdir(parents=True)
+    with holding_run(busy):  # another study sharing this run trains it now
+        claimed = [claim(work.study, work.storage, work.accept) for _ in range(4)]
+        keys = [t.user_attrs[KEY] for t in claimed if t is not None]
+        assert len(keys) == 3 and busy_unit.key not in keys  # the three others (second stages must wait)
+        assert claimed[-1] is None
+    freed = claim(work.study, work.storage, work.accept)
+    assert freed is not None and freed.user_attrs[KEY] == busy_unit.key
+
+
+def test_a_worker_goes_on_to_the_next_file_while_the_first_ones_last_unit_trains_elsewhere(
+    mnist_dir, tmp_path
+):
+    from attention.engine import claim, next_trial
+
+    first_file, _ = write_files(tmp_path / "a")
+    second_file, _ = write_files(tmp_path / "b")
+    second_file = second_file.rename(second_file.with_name("other-study.toml"))
+    runs = tmp_path / "runs"
+    storage = f"journal:{tmp_path / 'studies.journal'}"  # one journal holds both studies, by name
+    first = study_work(first_file, storage, runs, mnist_dir)
+    second = study_work(second_file, storage, runs, mnist_dir)
+    elsewhere = [claim(first.study, first.storage) for _ in range(4)]  # every ready unit of A is running
+    assert all(t is not None for t in elsewhere)
+    work, trial = next_trial([first, second])
+    assert work is second and trial.study.study_name == "other-study"
+    # one of A's workers dies (its heartbeat stops): the next claim reaps it and retries it, A first
+    dead = elsewhere[0]
+    first.storage.set_trial_user_attr(dead._trial_id, HEARTBEAT, time.time() - 3600)
+    work, trial = next_trial([first, second])
+    assert work is first and trial.user_attrs[KEY] == dead.user_attrs[KEY]
+
+
+def test_two_study_files_in_one_command_each_finish_every_unit(mnist_dir, tmp_path):
+    first_file, _ = write_files(tmp_path / "a", epochs=1)
+    second_file, _ = write_files(tmp_path / "b", epochs=1)
+    second_file = second_file.rename(second_file.with_name("other-study.toml"))
+    runs = tmp_path / "runs"
+    storage = f"journal:{tmp_path / 'studies.journal'}"
+    summaries = run_study(
+        [first_file, second_file],
+        workers=2,
+        storage=storage,
+        runs_dir=runs,
+        data_dir=mnist_dir,
+        progress=False,
+    )
+    assert [(s["finished"], s["units"]) for s in summaries] == [(6, 6), (6, 6)]
+    # the same recipes and seeds: the second file's units are the first's runs, trained once
+    assert len(list(runs.iterdir())) == 6
+    assert len(trials_of(storage, "tiny-study")) == 6
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["tiny-study.toml", "tiny-study.toml"], "named twice"),
+        (["tiny-study.toml", "b/tiny-study.toml"], "same name"),
+    ],
+)
+def test_study_files_that_would_share_a_storage_are_refused(tmp_path, names, message):
+    write_files(tmp_path)
+    write_files(tmp_path / "b")
+    with pytest.raises(AttentionError, match=message):
+        run_study([tmp_path / n for n in names], workers=1, runs_dir=tmp_path / "runs", progress=False)

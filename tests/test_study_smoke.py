@@ -17,7 +17,7 @@ def test_study_smoke_run_trains_every_unit_and_reports(path, mnist_dir, tmp_path
     from attention.study_run import run_study
 
     storage, runs = f"journal:{tmp_path / 'study.journal'}", tmp_path / "runs"
-    summary = run_study(
+    [summary] = run_study(
         path, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, smoke=True, progress=False
     )
     assert summary["finished"] == summary["units"] > 0
