@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from attention import bench
-from attention.report.figures import plot_glimpse_path, plot_scaling, retina_view, save_figure
+from attention.report.figures import (
+    plot_error_against_glimpses,
+    plot_glimpse_path,
+    plot_scaling,
+    retina_view,
+    save_figure,
+)
 
 
 def test_training_throughput_reports_median_min_max():
@@ -208,3 +214,28 @@ def test_layout_rows_split_the_cores_into_processes_times_threads(monkeypatch):
     assert calls == [(1, 4), (2, 2), (4, 1)]
     assert [row["images_per_s"] for row in rows] == [100.0, 200.0, 400.0]
     assert "<- fastest" in bench_layouts.format_layouts(rows)[-1]
+
+
+def test_the_glimpse_figure_shows_our_means_with_intervals_the_papers_points_and_targets():
+    import matplotlib.pyplot as plt
+
+    series = {
+        "RAM": [
+            {"glimpses": 8, "paper": 5.23, "target": 4.04, "mean": 4.77, "low": 4.35, "high": 5.19},
+            {"glimpses": 4, "paper": 7.10, "target": None, "mean": 4.79, "low": None, "high": None},
+            {"glimpses": 6, "paper": 5.88, "target": None},  # not run yet: the paper's point only
+        ]
+    }
+    fig, ax = plt.subplots()
+    plot_error_against_glimpses(ax, series)
+    [ours] = ax.containers  # errorbar's: the means' line, the caps, the bars
+    assert ours.get_label() == "RAM (ours)"
+    means, caps, _ = ours.lines
+    assert list(means.get_xdata()) == [4, 8] and list(means.get_ydata()) == [4.79, 4.77]
+    # one seed at 4 glimpses: no interval (its caps sit on the mean); three at 8: the 95% interval
+    assert sorted(float(y) for cap in caps for y in cap.get_ydata()) == [4.35, 4.79, 4.79, 5.19]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["RAM (paper)"].get_xdata()) == [4, 6, 8]
+    assert list(lines["RAM (target)"].get_ydata()) == [4.04]
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)

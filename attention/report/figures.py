@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from attention import AttentionError  # noqa: E402
 from attention.readers.filterbank import window  # noqa: E402
@@ -283,7 +284,8 @@ def plot_curves(ax: Axes, curves: list[tuple[str, list[dict]]], metric: str) -> 
 
 def plot_error_against_glimpses(ax: Axes, series: dict[str, list[dict]]) -> Axes:
     """One line per series: our seed means (with their 95% intervals where there are several seeds)
-    against the number of glimpses, and the paper's numbers as open markers."""
+    against the number of glimpses, the paper's numbers as open squares and a row's target (the better
+    paper version's number, where the study names one) as a cross."""
     for index, (name, points) in enumerate(sorted(series.items())):
         color = f"C{index}"
         ours = sorted((p for p in points if "mean" in p), key=lambda p: p["glimpses"])
@@ -304,6 +306,17 @@ def plot_error_against_glimpses(ax: Axes, series: dict[str, list[dict]]) -> Axes
                 color=color,
                 label=f"{name} (paper)",
             )
+        targets = [p for p in points if p.get("target") is not None]
+        if targets:
+            ax.plot(
+                [p["glimpses"] for p in targets],
+                [p["target"] for p in targets],
+                linestyle="none",
+                marker="x",
+                color=color,
+                label=f"{name} (target)",
+            )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # glimpses are counted
     ax.set_xlabel("glimpses")
     ax.set_ylabel("test error (%)")
     ax.grid(True, alpha=0.3)

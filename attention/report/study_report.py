@@ -370,7 +370,7 @@ def _series_points(rows: list[RowResult]) -> dict[str, list[dict[str, Any]]]:
         if row.series is None:
             continue
         glimpses = stage_config(row, row.seeds[0], len(row.stages) - 1, init_from=None).model.num_glimpses
-        point: dict[str, Any] = {"glimpses": glimpses, "paper": row.paper}
+        point: dict[str, Any] = {"glimpses": glimpses, "paper": row.paper, "target": row.target}
         if result.seeds:
             summary = seed_summary([s.main["mean_error_pct"] for s in result.seeds])
             point.update(mean=summary.mean, low=summary.low, high=summary.high)
