@@ -47,7 +47,7 @@ HEARTBEAT = "heartbeat"
 ERROR = "error"
 """User attribute of a trial that failed with an error (not retried)."""
 ENDED = "ended_because"
-"""User attribute of a trial failed by the engine: 'stale' or 'interrupted' (retried)."""
+"""User attribute of a trial failed by the engine: 'stale', 'interrupted' or 'handed back' (retried)."""
 # Advisory-lock key of the enqueue/reap section in PostgreSQL (any fixed 64-bit number).
 PG_LOCK_KEY = 0x61747465  # "atte"
 
@@ -229,6 +229,11 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every_s: floa
         thread.join()
 
 
+class HandBack(Exception):
+    """Another process does this trial's work now (it trains the same run): end the trial so that the next
+    :func:`enqueue` queues its item again, to be claimed once that work is done."""
+
+
 class Abandoned(Exception):
     """The trial was failed as stale while its worker still ran it (its retry owns the run now)."""
 
@@ -359,6 +364,12 @@ def run_trial(
         return
     except Abandoned as why:
         log.warning("trial %d (%s) abandoned: %s", trial.number, key, why)
+        return
+    except HandBack as why:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial._trial_id, ENDED, "handed back")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        log.warning("trial %d (%s) handed back: %s", trial.number, key, why)
         return
     except KeyboardInterrupt:
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):

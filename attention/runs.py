@@ -184,10 +184,10 @@ def finished_result(run_dir: Path, identity: str, *, resume: bool) -> dict[str, 
 
 @contextlib.contextmanager
 def holding_run(run_dir: Path, *, wait: bool = False, patience_s: float = 2.0) -> Iterator[None]:
-    """Hold ``run_dir`` for training (its :data:`LOCK` file) for the body. If another process holds it,
-    wait for it with ``wait`` (a study whose unit another study is training), else refuse with
-    :class:`RunBusy` after ``patience_s`` (:func:`run_is_busy` holds the lock for an instant). The lock is
-    the kernel's: a killed process releases it."""
+    """Hold ``run_dir`` for training (its :data:`LOCK` file) for the body. If another process holds it for
+    longer than ``patience_s`` (:func:`run_is_busy` holds it for an instant), wait for it with ``wait`` (a
+    search's retry whose first worker still runs), else refuse with :class:`RunBusy`. The lock is the
+    kernel's: a killed process releases it."""
     with open(Path(run_dir) / LOCK, "a") as handle:
         deadline = time.monotonic() + patience_s
         while True:
@@ -195,13 +195,14 @@ def holding_run(run_dir: Path, *, wait: bool = False, patience_s: float = 2.0) -
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if wait:
-                    log.warning("waiting for %s: another process is training it", run_dir)
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-                    break
-                if time.monotonic() >= deadline:
+                if time.monotonic() < deadline:  # perhaps only a probe's instant (run_is_busy)
+                    time.sleep(0.05)
+                    continue
+                if not wait:
                     raise RunBusy(busy_message(run_dir)) from None
-                time.sleep(0.05)
+                log.warning("waiting for %s: another process is training it", run_dir)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                break
         try:
             yield
         finally:
@@ -215,15 +216,21 @@ def busy_message(run_dir: Path) -> str:
 
 
 def run_is_busy(run_dir: Path) -> bool:
-    """Whether a process holds ``run_dir`` for training now (see :func:`holding_run`); writes nothing."""
+    """Whether a process holds ``run_dir`` for training now (see :func:`holding_run`); writes nothing.
+
+    It asks for a shared lock, which a trainer's exclusive one refuses: an exclusive request on a file
+    opened for reading fails on NFS (flock emulated with fcntl), and so does any lock where the file
+    system keeps none; there the run counts as free (its trainer's lock still guards it)."""
     path = Path(run_dir) / LOCK
     if not path.is_file():
         return False
     with open(path) as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
+        except OSError:
+            return False
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
 

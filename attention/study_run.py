@@ -4,8 +4,9 @@ Each unit is a work item of :mod:`attention.engine` (a fixed Optuna trial); its 
 configuration's identity, so a finished unit is never retrained, a committed run that matches a row counts
 as done, and a stopped or crashed study continues where it was. A unit that two studies share is trained by
 one of them at a time (attention/runs.py: holding_run): a worker does not claim a unit whose run another
-process is training while it has other work (this file's or a later file's), and otherwise waits for the
-run and takes its result.
+process is training, and hands back one it claimed in the instant before that process took the run; it
+trains other work meanwhile (this file's or a later file's), or waits, and once the run is finished its
+unit's trial takes the result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import optuna
 from attention import AttentionError
 from attention.engine import (
     KEY,
+    HandBack,
     Item,
     Work,
     WorkerSpec,
@@ -27,7 +29,7 @@ from attention.engine import (
     launch,
     open_study,
 )
-from attention.runs import RESULT, run_is_busy
+from attention.runs import RESULT, RunBusy, run_is_busy
 from attention.study import Study, Unit, load_study, unit_config, unit_run
 
 log = logging.getLogger(__name__)
@@ -71,16 +73,18 @@ def work(spec: WorkerSpec) -> Work:
         run_dir = unit_run(unit, runs_dir)
         trial.set_user_attr("run_dir", str(run_dir))
         log.warning("trial %d: %s -> %s", trial.number, key, run_dir)
-        result = fit(
-            config,
-            run_dir=run_dir,
-            data_dir=spec.data_dir,
-            device=spec.device,
-            resume=True,
-            progress=spec.progress,
-            on_epoch=lambda row, final: check_still_running(trial),
-            wait_if_busy=True,  # a unit another study shares, trained there now: its result, once done
-        )
+        try:
+            result = fit(
+                config,
+                run_dir=run_dir,
+                data_dir=spec.data_dir,
+                device=spec.device,
+                resume=True,
+                progress=spec.progress,
+                on_epoch=lambda row, final: check_still_running(trial),
+            )
+        except RunBusy as busy:  # a unit another study shares, taken there as this worker got ready
+            raise HandBack(str(busy)) from None
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 
     def free(trial: optuna.trial.FrozenTrial) -> bool:

@@ -396,8 +396,7 @@ def test_two_study_files_in_one_command_each_finish_every_unit(mnist_dir, tmp_pa
         progress=False,
     )
     assert [(s["finished"], s["units"]) for s in summaries] == [(6, 6), (6, 6)]
-    # the same recipes and seeds: the second file's units are the first's runs, trained once
-    assert len(list(runs.iterdir())) == 6
+    assert len(list(runs.iterdir())) == 6  # the same recipes and seeds: both files' units are these runs
     assert len(trials_of(storage, "tiny-study")) == 6
 
 
@@ -413,3 +412,58 @@ def test_study_files_that_would_share_a_storage_are_refused(tmp_path, names, mes
     write_files(tmp_path / "b")
     with pytest.raises(AttentionError, match=message):
         run_study([tmp_path / n for n in names], workers=1, runs_dir=tmp_path / "runs", progress=False)
+
+
+def test_a_worker_waits_while_a_later_file_still_trains_and_stops_when_every_file_is_idle(
+    mnist_dir, tmp_path
+):
+    import threading
+
+    from attention.engine import claim, next_trial
+
+    first_file, _ = write_files(tmp_path / "a")
+    second_file, _ = write_files(tmp_path / "b")
+    second_file = second_file.rename(second_file.with_name("other-study.toml"))
+    runs, storage = tmp_path / "runs", f"journal:{tmp_path / 'studies.journal'}"
+    first = study_work(first_file, storage, runs, mnist_dir)
+    second = study_work(second_file, storage, runs, mnist_dir)
+    while (done := claim(first.study, first.storage)) is not None:  # A: all its ready units ended
+        first.study.tell(done, 1.0)
+    while (running := claim(second.study, second.storage)) is not None:  # B: its units run elsewhere
+        second.storage.set_trial_user_attr(running._trial_id, HEARTBEAT, time.time() + 3600)
+    found: list = []
+    waiting = threading.Thread(target=lambda: found.append(next_trial([first, second])), daemon=True)
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive()  # A is idle but B's units still run: their worker may die and need a retry
+    for running in second.study.get_trials(states=(TrialState.RUNNING,)):
+        second.study.tell(running.number, 1.0)
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and found == [None]
+
+
+def test_a_unit_taken_by_another_process_as_it_got_ready_is_handed_back_and_claimed_once_free(
+    mnist_dir, tmp_path
+):
+    from attention.engine import ENDED, claim, run_trial, storage_lock
+    from attention.runs import holding_run
+
+    study_file, _ = write_files(tmp_path)
+    runs = tmp_path / "runs"
+    work = study_work(study_file, f"journal:{tmp_path / 'study.journal'}", runs, mnist_dir)
+    trial = claim(work.study, work.storage, work.accept)
+    run = unit_run(unit_of(study_file, trial.user_attrs[KEY]), runs)
+    run.mkdir(parents=True)
+    with holding_run(run):  # another process took the run after this worker claimed its unit
+        run_trial(work.study, work.storage, trial, work.execute, heartbeat_s=30)
+    ended = work.storage.get_trial(trial._trial_id)
+    assert ended.state == TrialState.FAIL and ended.user_attrs[ENDED] == "handed back"
+    assert not (run / RESULT).exists() and not (run / CHECKPOINT).exists()
+    with storage_lock(work.spec.storage, work.storage):
+        work.refill()  # queued again
+    again = [claim(work.study, work.storage, work.accept) for _ in range(4)]
+    assert trial.user_attrs[KEY] in [t.user_attrs[KEY] for t in again if t is not None]
+
+
+def unit_of(study_file: Path, key: str) -> Unit:
+    return next(u for u in load_study(study_file).units() if u.key == key)

@@ -250,7 +250,7 @@ def test_a_run_another_process_is_training_is_refused_and_left_untouched(mnist_d
 
 
 @pytest.mark.mnist
-def test_a_study_waits_for_a_run_another_process_trains_and_takes_its_result(mnist_dir, tmp_path):
+def test_a_waiting_fit_waits_for_a_run_another_process_trains_and_takes_its_result(mnist_dir, tmp_path):
     import logging
     import threading
 
@@ -300,6 +300,21 @@ def test_a_run_ended_by_an_error_lets_go_of_its_directory(mnist_dir, tmp_path):
     with pytest.raises(RuntimeError, match="stopped by the caller"):
         fit(quick, run_dir=tmp_path / "run", data_dir=mnist_dir, progress=False, on_epoch=stop)
     assert not run_is_busy(tmp_path / "run")
+
+
+def test_a_file_system_that_refuses_the_probes_lock_counts_the_run_as_free(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from attention.runs import LOCK, run_is_busy
+
+    (tmp_path / LOCK).touch()
+
+    def refuse(handle, operation):  # NFS refuses an exclusive flock on a file opened for reading
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    assert run_is_busy(tmp_path) is False
 
 
 def test_impossible_model_is_refused_before_anything_is_written(tmp_path):
