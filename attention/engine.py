@@ -194,10 +194,15 @@ def claim(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
     accept: Callable[[optuna.trial.FrozenTrial], bool] | None = None,
+    first: Callable[[optuna.trial.FrozenTrial], bool] | None = None,
 ) -> optuna.Trial | None:
     """Take one WAITING trial (atomically: another worker may take it first), or None if none waits;
-    with ``accept``, only a trial it accepts (a population takes only trials it can train together)."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    with ``accept``, only a trial it accepts (a population takes only trials it can train together); with
+    ``first``, the trials it picks before the others, each group in queue order."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if first is not None:
+        waiting = sorted(waiting, key=lambda trial: not first(trial))  # stable: queue order within
+    for trial in waiting:
         if accept is not None and not accept(trial):
             continue
         if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
@@ -286,6 +291,8 @@ class Work:
     accept: Callable[[optuna.trial.FrozenTrial], bool] | None = None
     """Which waiting trials this worker may claim now (a study skips a unit whose run another process is
     training: it would only wait for it)."""
+    first: Callable[[optuna.trial.FrozenTrial], bool] | None = None
+    """Which waiting trials to claim before the others (a study's stopped runs: finish what was started)."""
 
 
 def _work(spec: WorkerSpec) -> Work:
@@ -336,7 +343,7 @@ def next_trial(works: list[Work]) -> tuple[Work, optuna.Trial] | None:
             with storage_lock(work.spec.storage, work.storage):
                 reap_stale(work.study, work.storage, work.spec.stale_after_s)
                 work.refill()
-            trial = claim(work.study, work.storage, work.accept)
+            trial = claim(work.study, work.storage, work.accept, work.first)
             if trial is not None:
                 return work, trial
         active = (TrialState.RUNNING, TrialState.WAITING)

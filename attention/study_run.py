@@ -2,7 +2,8 @@
 
 Each unit is a work item of :mod:`attention.engine` (a fixed Optuna trial); its run directory is its
 configuration's identity, so a finished unit is never retrained, a committed run that matches a row counts
-as done, and a stopped or crashed study continues where it was. A unit that two studies share is trained by
+as done, and a stopped or crashed study continues where it was: its stopped runs first, so that what was
+started ends before new runs begin. A unit that two studies share is trained by
 one of them at a time (attention/runs.py: holding_run): a worker does not claim a unit whose run another
 process is training, and hands back one it claimed in the instant before that process took the run; it
 trains other work meanwhile (this file's or a later file's), or waits, and once the run is finished its
@@ -29,7 +30,7 @@ from attention.engine import (
     launch,
     open_study,
 )
-from attention.runs import RESULT, RunBusy, run_is_busy
+from attention.runs import CHECKPOINT, RESULT, RunBusy, run_is_busy
 from attention.study import Study, Unit, load_study, unit_config, unit_run
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,21 @@ def work(spec: WorkerSpec) -> Work:
             raise HandBack(str(busy)) from None
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 
+    def run_of(trial: optuna.trial.FrozenTrial) -> Path | None:
+        unit = units.get(trial.user_attrs.get(KEY))
+        return unit_run(unit, runs_dir) if unit else None
+
     def free(trial: optuna.trial.FrozenTrial) -> bool:
         """Whether no other process trains this unit's run now (a unit another study shares)."""
-        unit = units.get(trial.user_attrs.get(KEY))
-        run_dir = unit_run(unit, runs_dir) if unit else None
+        run_dir = run_of(trial)
         return run_dir is None or not run_is_busy(run_dir)
 
-    return Work(spec, execute, refill, optuna_study, storage, accept=free)
+    def started(trial: optuna.trial.FrozenTrial) -> bool:
+        """Whether this unit's run was stopped part way (finish it before starting new runs)."""
+        run_dir = run_of(trial)
+        return run_dir is not None and (run_dir / CHECKPOINT).is_file()
+
+    return Work(spec, execute, refill, optuna_study, storage, accept=free, first=started)
 
 
 def finished(unit: Unit, runs_dir: Path) -> bool:

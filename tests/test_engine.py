@@ -467,3 +467,17 @@ def test_a_unit_taken_by_another_process_as_it_got_ready_is_handed_back_and_clai
 
 def unit_of(study_file: Path, key: str) -> Unit:
     return next(u for u in load_study(study_file).units() if u.key == key)
+
+
+def test_a_study_continues_its_stopped_runs_before_it_starts_new_ones(mnist_dir, tmp_path):
+    from attention.engine import claim
+
+    study_file, _ = write_files(tmp_path)
+    runs = tmp_path / "runs"
+    work = study_work(study_file, f"journal:{tmp_path / 'study.journal'}", runs, mnist_dir)
+    queued = [t.user_attrs[KEY] for t in work.study.get_trials(states=(TrialState.WAITING,))]
+    stopped = unit_run(unit_of(study_file, queued[-1]), runs)  # last in the queue, stopped part way
+    stopped.mkdir(parents=True)
+    (stopped / CHECKPOINT).write_bytes(b"")
+    order = [claim(work.study, work.storage, work.accept, work.first).user_attrs[KEY] for _ in queued]
+    assert order == [queued[-1], *queued[:-1]]
