@@ -276,15 +276,21 @@ def cmd_study_run(args: argparse.Namespace) -> None:
 
 def cmd_study_status(args: argparse.Namespace) -> None:
     from attention.study import load_study
-    from attention.study_status import status_lines, study_status, summary_dict
+    from attention.study_status import status_lines, study_status, summary_dict, time_left_lines
 
+    everything = []
     for number, file in enumerate(args.files):
         study = load_study(file)
         statuses = study_status(study, Path(args.runs_dir))
+        everything += statuses
         if args.json:
             print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
             continue
         print(("\n" if number else "") + "\n".join(status_lines(study, statuses)))
+    if len(args.files) > 1 and not args.json:  # a queue of studies: runs they share counted once
+        total = time_left_lines(everything, f"all {len(args.files)} files, still to train")
+        if total:
+            print("\n".join(["", *total]))
 
 
 def cmd_study_report(args: argparse.Namespace) -> None:

@@ -99,11 +99,12 @@ def study_status(study: Study, runs_dir: Path) -> list[UnitStatus]:
 
 def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int, int]:
     """(one worker's seconds to finish every unfinished run whose pace is known, runs with no pace yet,
-    units waiting for an earlier stage)."""
-    paces: dict[tuple[str, int], list[float]] = {}
+    units waiting for an earlier stage). ``statuses`` may come from several studies: a run they share is
+    counted once, and a row's pace is its own study's."""
+    paces: dict[tuple[int, int], list[float]] = {}
     for status in statuses:
         if status.seconds_per_epoch is not None:
-            paces.setdefault((status.unit.row.label, status.unit.stage), []).append(status.seconds_per_epoch)
+            paces.setdefault(_row_stage(status), []).append(status.seconds_per_epoch)
     total, unknown, waiting = 0.0, 0, 0
     counted: set[Path] = set()
     for status in statuses:
@@ -114,8 +115,8 @@ def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int, int]:
             continue
         counted.add(status.run_dir)  # type: ignore[arg-type]
         pace = status.seconds_per_epoch
-        if pace is None and (status.unit.row.label, status.unit.stage) in paces:
-            pace = statistics.median(paces[(status.unit.row.label, status.unit.stage)])
+        if pace is None and _row_stage(status) in paces:
+            pace = statistics.median(paces[_row_stage(status)])
         if pace is None or status.epochs is None:
             unknown += 1
             continue
@@ -124,6 +125,10 @@ def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int, int]:
             left = max(0.0, min(left, status.time_budget_s - status.seconds))
         total += left
     return total, unknown, waiting
+
+
+def _row_stage(status: UnitStatus) -> tuple[int, int]:
+    return id(status.unit.row), status.unit.stage  # the row object: two studies may use the same label
 
 
 def _duration(seconds: float) -> str:
@@ -170,17 +175,21 @@ def status_lines(study: Study, statuses: list[UnitStatus]) -> list[str]:
         f"{study.path}: {counts.get(FINISHED, 0)} of {len(statuses)} units finished"
         + (f"; {told}" if told else "")
     )
-    left, unknown, waiting = seconds_left(statuses)
-    if left or unknown or waiting:
-        known = (
-            f"about {_duration(left)} of one worker at each row's pace so far"
-            if left
-            else "no pace known yet"
-        )
-        more = [f"{unknown} runs with no pace yet"] if unknown else []
-        more += [f"{waiting} units waiting for an earlier stage"] if waiting else []
-        lines.append(f"still to train: {known}" + (f" (and {', '.join(more)})" if more else ""))
+    lines += time_left_lines(statuses)
     return lines
+
+
+def time_left_lines(statuses: list[UnitStatus], heading: str = "still to train") -> list[str]:
+    """The estimate of :func:`seconds_left` in words (nothing when all is finished)."""
+    left, unknown, waiting = seconds_left(statuses)
+    if not (left or unknown or waiting):
+        return []
+    known = (
+        f"about {_duration(left)} of one worker at each row's pace so far" if left else "no pace known yet"
+    )
+    more = [f"{unknown} runs with no pace yet"] if unknown else []
+    more += [f"{waiting} units waiting for an earlier stage"] if waiting else []
+    return [f"{heading}: {known}" + (f" (and {', '.join(more)})" if more else "")]
 
 
 def summary_dict(status: UnitStatus) -> dict[str, Any]:

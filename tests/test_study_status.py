@@ -127,6 +127,29 @@ def test_a_run_two_rows_share_counts_once_and_a_time_budget_caps_what_is_left(tm
     assert seconds_left(study_status(study, runs)) == (20.0, 0, 0)
 
 
+def test_over_several_studies_a_shared_run_counts_once_and_each_row_keeps_its_own_pace(tmp_path):
+    def write(name: str, rows: str):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            f'title = "{name}"\nsource = "a test"\nseeds = [0]\nbudget = {{ "train.epochs" = 10 }}\n{rows}'
+        )
+        return load_study(path)
+
+    first = write("first", '[[row]]\nlabel = "a"\nset = { "model.num_glimpses" = 2 }\n')
+    second = write(  # "a" here is another config; "same" is the first study's run
+        "second",
+        '[[row]]\nlabel = "a"\nset = { "model.num_glimpses" = 3 }\n'
+        '[[row]]\nlabel = "same"\nset = { "model.num_glimpses" = 2 }\n',
+    )
+    runs = tmp_path / "runs"
+    shared = unit(first, "a", 0)
+    assert unit_run(shared, runs) == unit_run(unit(second, "same", 0), runs)
+    started(unit_run(shared, runs), unit_config(shared, runs), 2, 5.0)
+    everything = study_status(first, runs) + study_status(second, runs)
+    # 8 epochs at 5 s, once; the second study's row "a" has no pace of its own
+    assert seconds_left(everything) == (40.0, 1, 0)
+
+
 def test_cli_study_status_prints_json_per_study(study, tmp_path):
     out = subprocess.run(
         [
