@@ -295,27 +295,18 @@ def plot_error_against_glimpses(ax: Axes, series: dict[str, list[dict]]) -> Axes
             below = [p["mean"] - p["low"] if p.get("low") is not None else 0.0 for p in ours]
             above = [p["high"] - p["mean"] if p.get("high") is not None else 0.0 for p in ours]
             ax.errorbar(x, y, yerr=[below, above], color=color, marker="o", capsize=3, label=f"{name} (ours)")
-        paper = sorted((p for p in points if p.get("paper") is not None), key=lambda p: p["glimpses"])
-        if paper:
-            ax.plot(
-                [p["glimpses"] for p in paper],
-                [p["paper"] for p in paper],
-                linestyle="none",
-                marker="s",
-                markerfacecolor="none",
-                color=color,
-                label=f"{name} (paper)",
-            )
-        targets = [p for p in points if p.get("target") is not None]
-        if targets:
-            ax.plot(
-                [p["glimpses"] for p in targets],
-                [p["target"] for p in targets],
-                linestyle="none",
-                marker="x",
-                color=color,
-                label=f"{name} (target)",
-            )
+        for key, marker in (("paper", "s"), ("target", "x")):  # open squares, crosses
+            marked = sorted((p for p in points if p.get(key) is not None), key=lambda p: p["glimpses"])
+            if marked:
+                ax.plot(
+                    [p["glimpses"] for p in marked],
+                    [p[key] for p in marked],
+                    linestyle="none",
+                    marker=marker,
+                    markerfacecolor="none",
+                    color=color,
+                    label=f"{name} ({key})",
+                )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # glimpses are counted
     ax.set_xlabel("glimpses")
     ax.set_ylabel("test error (%)")
