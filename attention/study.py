@@ -305,12 +305,16 @@ def unit_config(unit: Unit, runs_dir: Path) -> Config | None:
 def unit_run(unit: Unit, runs_dir: Path) -> Path | None:
     """Where ``unit``'s run is or will be: the existing run of its config, else ``runs_dir/<identity>``;
     None while an earlier stage is unfinished."""
+    config = unit_config(unit, runs_dir)
+    return None if config is None else config_run_dir(config, runs_dir)
+
+
+def config_run_dir(config: Config, runs_dir: Path) -> Path:
+    """Where ``config``'s run is or will be: its existing run (whatever the folder's name), else
+    ``runs_dir/<identity>``."""
     from attention.config import config_hash
     from attention.runs import find_run
 
-    config = unit_config(unit, runs_dir)
-    if config is None:
-        return None
     return find_run(config, runs_dir, missing_ok=True) or Path(runs_dir) / config_hash(config)
 
 

@@ -13,12 +13,14 @@ unit's trial takes the result.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from attention import AttentionError
+from attention.config import Config
 from attention.engine import (
     KEY,
     HandBack,
@@ -31,21 +33,20 @@ from attention.engine import (
     open_study,
 )
 from attention.runs import CHECKPOINT, RESULT, RunBusy, run_is_busy
-from attention.study import Study, Unit, load_study, unit_config, unit_run
+from attention.study import Study, Unit, config_run_dir, load_study, unit_config, unit_run
 
 log = logging.getLogger(__name__)
 
 
-def pending_items(study: Study, runs_dir: Path) -> tuple[list[Item], dict[str, Unit]]:
+def pending_items(study: Study, locate: Callable[[Unit], Path | None]) -> list[Item]:
     """The units whose earlier stages are finished (so their config is known), as work items."""
-    items, units = [], {}
+    items = []
     for unit in study.units():
-        if unit_run(unit, runs_dir) is None:
+        if locate(unit) is None:
             continue
-        units[unit.key] = unit
         attrs = {"row": unit.row.label, "seed": unit.seed, "stage": unit.stage + 1}
         items.append(Item(unit.key, attrs=attrs))
-    return items, units
+    return items
 
 
 def work(spec: WorkerSpec) -> Work:
@@ -56,22 +57,33 @@ def work(spec: WorkerSpec) -> Work:
     study = load_study(spec.file, smoke=spec.smoke)
     runs_dir = Path(spec.runs_dir)
     optuna_study, storage = open_study(spec.storage, study_name(study, spec.smoke))
-    units: dict[str, Unit] = {}
+    units = {unit.key: unit for unit in study.units()}
+    # A unit's config and run directory, once known, stay fixed (a later stage's config names the finished
+    # run of the stage before), so each is resolved once per process, not on every claim and poll.
+    resolved: dict[str, tuple[Config, Path]] = {}
+
+    def resolve(unit: Unit) -> tuple[Config, Path] | None:
+        if unit.key not in resolved:
+            config = unit_config(unit, runs_dir)
+            if config is None:
+                return None  # an earlier stage is unfinished: ask again at the next refill
+            resolved[unit.key] = (config, config_run_dir(config, runs_dir))
+        return resolved[unit.key]
+
+    def locate(unit: Unit | None) -> Path | None:
+        found = resolve(unit) if unit else None
+        return found[1] if found else None
 
     def refill() -> None:
-        items, found = pending_items(study, runs_dir)
-        units.update(found)
-        enqueue(optuna_study, items, done=lambda item: finished(units[item.key], runs_dir))
+        items = pending_items(study, locate)
+        enqueue(optuna_study, items, done=lambda item: is_finished(locate(units[item.key])))
 
     def execute(trial: optuna.Trial) -> float:
         key = trial.user_attrs[KEY]
-        if key not in units:
-            refill()
-        unit = units.get(key)
-        config = unit_config(unit, runs_dir) if unit else None
-        if config is None:
+        found = resolve(units[key]) if key in units else None
+        if found is None:
             raise AttentionError(f"{study.path}: no unit '{key}' is ready to run (was the file changed?)")
-        run_dir = unit_run(unit, runs_dir)
+        config, run_dir = found
         trial.set_user_attr("run_dir", str(run_dir))
         log.warning("trial %d: %s -> %s", trial.number, key, run_dir)
         try:
@@ -89,8 +101,7 @@ def work(spec: WorkerSpec) -> Work:
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
 
     def run_of(trial: optuna.trial.FrozenTrial) -> Path | None:
-        unit = units.get(trial.user_attrs.get(KEY))
-        return unit_run(unit, runs_dir) if unit else None
+        return locate(units.get(trial.user_attrs.get(KEY)))
 
     def free(trial: optuna.trial.FrozenTrial) -> bool:
         """Whether no other process trains this unit's run now (a unit another study shares)."""
@@ -105,9 +116,8 @@ def work(spec: WorkerSpec) -> Work:
     return Work(spec, execute, refill, optuna_study, storage, accept=free, first=started)
 
 
-def finished(unit: Unit, runs_dir: Path) -> bool:
-    run = unit_run(unit, runs_dir)
-    return run is not None and (run / RESULT).is_file()
+def is_finished(run_dir: Path | None) -> bool:
+    return run_dir is not None and (run_dir / RESULT).is_file()
 
 
 def study_name(study: Study, smoke: bool) -> str:
@@ -157,7 +167,7 @@ def run_study(
     summaries = []
     for study, (spec, _) in zip(studies, launched, strict=True):
         units = study.units()
-        done = sum(finished(unit, Path(spec.runs_dir)) for unit in units)
+        done = sum(is_finished(unit_run(unit, Path(spec.runs_dir))) for unit in units)
         summaries.append(
             {
                 "file": str(study.path),

@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
-from attention.config import config_hash
-from attention.runs import CHECKPOINT, METRICS, RESULT, find_run, read_json, read_metrics, run_is_busy
-from attention.study import Study, Unit, unit_config
+from attention.runs import CHECKPOINT, METRICS, RESULT, read_json, read_metrics, run_is_busy
+from attention.study import Study, Unit, config_run_dir, unit_config
 
 FINISHED, TRAINING, STOPPED, NOT_STARTED, WAITING = (
     "finished",
@@ -57,8 +56,7 @@ def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
     config = unit_config(unit, runs_dir)
     if config is None:
         return UnitStatus(unit, WAITING, None)
-    # unit_run would resolve the unit's config (and its earlier stages') a second time
-    run = find_run(config, runs_dir, missing_ok=True) or Path(runs_dir) / config_hash(config)
+    run = config_run_dir(config, runs_dir)  # not unit_run: it would resolve the config a second time
     task = TASKS.get(config.data.task)
     epochs = task(config, data_dir=None, device=torch.device("cpu")).num_epochs
     budget = config.train.time_budget_s

@@ -22,7 +22,7 @@ from attention import AttentionError
 from attention.engine import HEARTBEAT, KEY, open_storage
 from attention.runs import CHECKPOINT, RESULT, read_metrics
 from attention.search import draws, load_search, run_search
-from attention.study import Unit, load_study, unit_run
+from attention.study import Unit, load_study, unit_config, unit_run
 from attention.study_run import run_study
 
 TINY = '"data.train_limit" = 256, "data.eval_limit" = 100, "train.batch_size" = 64, "model.num_glimpses" = 2'
@@ -481,3 +481,41 @@ def test_a_study_continues_its_stopped_runs_before_it_starts_new_ones(mnist_dir,
     (stopped / CHECKPOINT).write_bytes(b"")
     order = [claim(work.study, work.storage, work.accept, work.first).user_attrs[KEY] for _ in queued]
     assert order == [queued[-1], *queued[:-1]]
+
+
+def test_a_worker_resolves_each_ready_units_run_once_and_a_later_stage_once_its_first_has_finished(
+    mnist_dir, tmp_path, monkeypatch
+):
+    import collections
+
+    import attention.study_run as study_run
+    from attention.engine import claim, storage_lock
+
+    calls: collections.Counter = collections.Counter()
+
+    def counted(unit, runs_dir):
+        calls[unit.key] += 1
+        return unit_config(unit, runs_dir)
+
+    monkeypatch.setattr(study_run, "unit_config", counted)
+    study_file, _ = write_files(tmp_path)
+    runs = tmp_path / "runs"
+    work = study_work(study_file, f"journal:{tmp_path / 'study.journal'}", runs, mnist_dir)
+    ready = [u for u in load_study(study_file).units() if u.stage == 0]
+    while (trial := claim(work.study, work.storage, work.accept, work.first)) is not None:
+        work.study.tell(trial, 1.0)  # every claim asks for the unit's run (accept, first)
+    with storage_lock(work.spec.storage, work.storage):
+        work.refill()
+    assert all(calls[u.key] == 1 for u in ready)  # not once per claim and per refill
+
+    first_stage = next(u for u in ready if u.row.label == "two stages" and u.seed == 0)
+    finished = unit_run(first_stage, runs)
+    finished.mkdir(parents=True)
+    for name in ("config.json", RESULT, "model.pt"):
+        (finished / name).write_text("{}")
+    with storage_lock(work.spec.storage, work.storage):
+        work.refill()
+    queued = [t.user_attrs[KEY] for t in work.study.get_trials(states=(TrialState.WAITING,))]
+    later = Unit(first_stage.row, 0, 1)
+    assert queued == [later.key]  # its config names the finished first stage's run
+    assert work.storage.get_trial(claim(work.study, work.storage)._trial_id).user_attrs[KEY] == later.key
