@@ -128,7 +128,7 @@ def cmd_report_catch(args: argparse.Namespace) -> None:
 
 
 def cmd_report_curves(args: argparse.Namespace) -> None:
-    from attention.report.figures import plot_curves, save_figure
+    from attention.report.figures import save_curves
     from attention.report.tables import describe
     from attention.runs import load_run_config, read_metrics
 
@@ -136,7 +136,7 @@ def cmd_report_curves(args: argparse.Namespace) -> None:
     for run_dir in map(Path, args.run_dirs):
         config = load_run_config(run_dir)  # also refuses a directory that is not a run, in one line
         curves.append((describe(config), read_metrics(run_dir)))
-    save_figure(lambda ax: plot_curves(ax, curves, args.metric), Path(args.out), size=(7.0, 4.5))
+    save_curves(curves, args.metric, Path(args.out), width=7.0)
     print(f"wrote {args.out}")
 
 

@@ -113,10 +113,33 @@ def test_report_curves_plots_a_metric_per_run(tmp_path):
     )
     assert ax.get_legend_handles_labels()[1] == ["seed 0", "seed 2"]
     assert list(ax.lines[1].get_ydata()) == [60.0, 40.0, 10.0]
+    assert ax.get_yscale() == "linear"  # 60% to 10%: within a factor of 10
     plt.close(fig)
     out = tmp_path / "curves.png"
     assert main(["report", "curves", *map(str, runs), "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_curves_of_a_dozen_rows_are_told_apart_and_an_error_spanning_decades_is_drawn_on_a_log_scale():
+    import matplotlib.pyplot as plt
+
+    from attention.report.figures import plot_curves
+
+    def curve(*values: float) -> list[dict]:
+        return [{"epoch": e + 1, "val_error_pct": v, "catch_rate_pct": v} for e, v in enumerate(values)]
+
+    rows = [("1 random glimpse", curve(80.0, 55.0))] + [
+        (f"{n} glimpses", curve(3.0, 1.0 + n / 10)) for n in range(11)
+    ]
+    fig, ax = plt.subplots()
+    plot_curves(ax, rows, "val_error_pct")
+    assert ax.get_yscale() == "log"  # 80% beside 1.1%: on a linear axis the low curves would overlap
+    assert len({(line.get_color(), line.get_linestyle()) for line in ax.lines}) == len(rows)
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    plot_curves(ax, rows, "catch_rate_pct")  # not an error: its scale stays linear
+    assert ax.get_yscale() == "linear"
+    plt.close(fig)
 
 
 def test_report_curves_refuses_a_metric_no_run_recorded_and_writes_nothing(tmp_path, capsys):

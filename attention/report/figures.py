@@ -262,24 +262,41 @@ def plot_scaling(ax: Axes, rows: list[dict]) -> Axes:
 
 def plot_curves(ax: Axes, curves: list[tuple[str, list[dict]]], metric: str) -> Axes:
     """One line per run: ``metric`` from its ``metrics.jsonl`` rows against the epoch. Refuses a metric no
-    run recorded, naming the ones they did."""
-    plotted = 0
-    for label, rows in curves:
+    run recorded, naming the ones they did. An error that spans more than a factor of 10 (a random
+    glimpse's 55% beside a retina's 1%) is drawn on a log scale, where the low curves can be told apart."""
+    plotted: list[float] = []
+    for index, (label, rows) in enumerate(curves):
         points = [(row["epoch"], row[metric]) for row in rows if row.get(metric) is not None]
         if points:
             epochs, values = zip(*points, strict=True)
-            ax.plot(epochs, values, label=label, linewidth=1.2)
-            plotted += 1
+            # matplotlib's 10 colours repeat: the next ten lines are dashed, and so on
+            style = LINE_STYLES[(index // 10) % len(LINE_STYLES)]
+            ax.plot(epochs, values, label=label, linewidth=1.2, color=f"C{index % 10}", linestyle=style)
+            plotted += values
     if not plotted:
         recorded = ", ".join(sorted({key for _, rows in curves for row in rows for key in row} - {"epoch"}))
         raise AttentionError(
             f"no run recorded '{metric}' per epoch; choose one of: {recorded or 'none (no epochs)'}"
         )
+    if "error" in metric and min(plotted) > 0 and max(plotted) > 10 * min(plotted):
+        ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric.replace("_pct", " (%)").replace("_", " "))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    # under the axes: inside, a table's dozen rows would hide the curves' ends, where they differ
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15), borderaxespad=0.0, frameon=False)
     return ax
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def save_curves(curves: list[tuple[str, list[dict]]], metric: str, out: Path, width: float = 8.0) -> Path:
+    """:func:`plot_curves` as a PNG, the figure taller by a line of legend per curve (the legend is
+    under the axes, so the axes keep their height)."""
+    return save_figure(
+        lambda ax: plot_curves(ax, curves, metric), out, size=(width, 4.0 + 0.16 * len(curves))
+    )
 
 
 def plot_error_against_glimpses(ax: Axes, series: dict[str, list[dict]]) -> Axes:

@@ -333,7 +333,7 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
 def draw_figures(study: Study, rows: list[RowResult], out_dir: Path) -> dict[str, Path]:
     """Validation curves (first finished seed of each row, stages end to end) and, where rows form a
     ``series``, error against the number of glimpses with the paper's points."""
-    from attention.report.figures import plot_curves, plot_error_against_glimpses, save_figure
+    from attention.report.figures import plot_error_against_glimpses, save_curves, save_figure
     from attention.runs import load_run_config
     from attention.tasks import TASKS
 
@@ -351,7 +351,7 @@ def draw_figures(study: Study, rows: list[RowResult], out_dir: Path) -> dict[str
             metric = TASKS.get(load_run_config(result.seeds[0].run_dirs[0]).data.task).selection_metric
     if curves:
         path = out_dir / "curves.png"
-        save_figure(lambda ax: plot_curves(ax, curves, metric), path, size=(8.0, 5.0))
+        save_curves(curves, metric, path)
         figures["validation error per epoch"] = path
     series = _series_points(rows)
     if series:
