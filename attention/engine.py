@@ -1,10 +1,11 @@
 """The one engine under studies and searches: work items as Optuna trials in a shared storage.
 
 A study's row x seed x stage runs and a search's drawn trials are *work items*, each with a key. They are
-enqueued as WAITING trials (once: an item that is waiting, running, done, or failed with an error is not
-enqueued again), and worker processes on any machine claim them one at a time (WAITING -> RUNNING is atomic
-in the storage, so two workers never take the same trial). Nothing else decides what runs, so the same file
-scales from one process to many machines sharing a PostgreSQL server.
+enqueued as WAITING trials (once: an item that is waiting, running or done is not enqueued again, nor one
+that failed with an error since this command started, so a deterministic error does not loop; the next
+start retries it, after its cause was fixed), and worker processes on any machine claim them one at a time
+(WAITING -> RUNNING is atomic in the storage, so two workers never take the same trial). Nothing else
+decides what runs, so the same file scales from one process to many machines sharing a PostgreSQL server.
 
 Faults. A running trial writes a heartbeat (a user attribute, every ``heartbeat_s``) from a side thread. A
 worker that finds a RUNNING trial whose heartbeat is older than ``stale_after_s`` (its worker was killed)
@@ -45,7 +46,7 @@ KEY = "item"
 """User attribute of a trial: the key of the work item it runs."""
 HEARTBEAT = "heartbeat"
 ERROR = "error"
-"""User attribute of a trial that failed with an error (not retried)."""
+"""User attribute of a trial that failed with an error (retried only by a later start)."""
 ENDED = "ended_because"
 """User attribute of a trial failed by the engine: 'stale', 'interrupted' or 'handed back' (retried)."""
 # Advisory-lock key of the enqueue/reap section in PostgreSQL (any fixed 64-bit number).
@@ -147,17 +148,31 @@ def open_study(
 # ------------------------------------------------------------------------------------------- queue
 
 
-def _accounted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial's item needs no new trial: waiting, running, done, or failed with an error."""
+def _accounted(trial: optuna.trial.FrozenTrial, errors_since: float | None) -> bool:
+    """Whether a trial's item needs no new trial: waiting, running, done, or failed with an error at or
+    after ``errors_since`` (the start of this command: an error before it is retried)."""
     if trial.state == TrialState.FAIL:
-        return ERROR in trial.user_attrs
+        return ERROR in trial.user_attrs and not _failed_before(trial, errors_since)
     return True
 
 
-def enqueue(study: optuna.Study, items: list[Item], *, done: Callable[[Item], bool] | None = None) -> int:
-    """Enqueue each item that no trial accounts for and that is not already ``done``; call under
+def _failed_before(trial: optuna.trial.FrozenTrial, since: float | None) -> bool:
+    ended = trial.datetime_complete
+    return since is not None and ended is not None and ended.timestamp() < since
+
+
+def enqueue(
+    study: optuna.Study,
+    items: list[Item],
+    *,
+    done: Callable[[Item], bool] | None = None,
+    errors_since: float | None = None,
+) -> int:
+    """Enqueue each item that no trial accounts for and that is not already ``done``; an item whose trial
+    failed with an error before ``errors_since`` is enqueued again (None: never). Call under
     :func:`storage_lock`. Returns how many were enqueued."""
-    accounted = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False) if _accounted(t)}
+    trials = study.get_trials(deepcopy=False)
+    accounted = {t.user_attrs.get(KEY) for t in trials if _accounted(t, errors_since)}
     count = 0
     for item in items:
         if item.key in accounted or (done is not None and done(item)):
@@ -243,6 +258,21 @@ class Abandoned(Exception):
     """The trial was failed as stale while its worker still ran it (its retry owns the run now)."""
 
 
+def failures_since(study: optuna.Study, since: float | None) -> list[str]:
+    """'item: error' for each of ``study``'s items whose trial failed with an error at or after ``since``
+    and that no later trial of the same item retried to success."""
+    trials = study.get_trials(deepcopy=False)
+    good = {t.user_attrs.get(KEY) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    return [
+        f"{t.user_attrs.get(KEY)}: {t.user_attrs[ERROR]}"
+        for t in trials
+        if t.state == TrialState.FAIL
+        and ERROR in t.user_attrs
+        and not _failed_before(t, since)
+        and t.user_attrs.get(KEY) not in good
+    ]
+
+
 def check_still_running(trial: optuna.Trial) -> None:
     """Raise :class:`Abandoned` if ``trial`` is no longer RUNNING in the storage; called after each epoch,
     so a worker that was wrongly thought dead stops writing to a run directory its retry now owns."""
@@ -275,6 +305,9 @@ class WorkerSpec:
     poll_s: float = 5.0
     population: int = 1
     """A search's trials trained together by each worker, as one population (attention/population.py)."""
+    started: float | None = None
+    """When the command started (``time.time()``): items that failed with an error before it are retried,
+    those that fail after it are not (they would fail again), and are reported at its end."""
 
 
 @dataclass
@@ -359,8 +392,9 @@ def run_trial(
     execute: Callable[[optuna.Trial], float],
     heartbeat_s: float,
 ) -> None:
-    """Run one claimed trial and record how it ended: its value, pruned, failed with an error (kept, not
-    retried) or interrupted (retried from its checkpoint by the next start)."""
+    """Run one claimed trial and record how it ended: its value, pruned, failed with an error (not retried
+    by this command; the next start retries it) or interrupted (retried from its checkpoint by the next
+    start)."""
     key = trial.user_attrs.get(KEY)
     try:
         with heartbeat(storage, trial._trial_id, heartbeat_s):
@@ -500,6 +534,7 @@ def launch(
     Optuna study."""
     import tempfile
 
+    started = time.time()
     if smoke and storage is None:
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
         storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
@@ -516,6 +551,7 @@ def launch(
             progress=progress,
             heartbeat_s=heartbeat_s,
             stale_after_s=stale_after_s,
+            started=started,
             **more,
         )
         for path in paths
@@ -527,6 +563,17 @@ def launch(
             work.refill()
         launched.append((spec, work.study))
     start_workers(specs, workers)
+    failed = [
+        f"{Path(spec.file).name}: {line}"
+        for spec, study in launched
+        for line in failures_since(study, started)
+    ]
+    if failed:
+        more_text = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise AttentionError(
+            f"{len(failed)} trial(s) failed: {'; '.join(failed[:5])}{more_text}; fix the cause and run the "
+            "same command again, which retries them"
+        )
     return launched
 
 

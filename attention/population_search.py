@@ -135,8 +135,9 @@ def record(
     elif isinstance(outcome, Abandoned):
         log.warning("trial %d (%s) abandoned: %s", trial.number, key, outcome)
     elif isinstance(outcome, BaseException):
-        # an AttentionError (a diverged loss) is kept and not retried; anything else is unexpected, and
-        # the trial is failed without an error so that the engine retries it from its checkpoint
+        # an AttentionError (a diverged loss) is kept, retried only by a later command; anything else is
+        # unexpected, and the trial is failed without an error so that the engine retries it from its
+        # checkpoint
         attribute, value = (
             (ERROR, str(outcome)) if isinstance(outcome, AttentionError) else (ENDED, "crashed")
         )

@@ -200,7 +200,7 @@ def work(spec: WorkerSpec) -> Work:
         )
 
     def refill() -> None:
-        enqueue(study, items(search))
+        enqueue(study, items(search), errors_since=spec.started)
 
     def execute(trial: optuna.Trial) -> float:
         config, run_dir = trial_run(search, trial, runs_dir)

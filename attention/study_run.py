@@ -76,7 +76,12 @@ def work(spec: WorkerSpec) -> Work:
 
     def refill() -> None:
         items = pending_items(study, locate)
-        enqueue(optuna_study, items, done=lambda item: is_finished(locate(units[item.key])))
+        enqueue(
+            optuna_study,
+            items,
+            done=lambda item: is_finished(locate(units[item.key])),
+            errors_since=spec.started,
+        )
 
     def execute(trial: optuna.Trial) -> float:
         key = trial.user_attrs[KEY]

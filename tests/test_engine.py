@@ -134,6 +134,24 @@ def test_a_study_finishes_every_unit_once_and_its_report_pairs_rows(mnist_dir, t
     assert len(trials_of(storage, "tiny-study")) == 6  # nothing retrained
 
 
+def test_a_unit_that_fails_fails_the_command_and_the_next_command_retries_it(mnist_dir, tmp_path):
+    study_file = tmp_path / "one.toml"
+    study_file.write_text(
+        f'title = "one"\nseeds = [0]\nbudget = {{ "train.epochs" = 1, {TINY} }}\n'
+        '[evaluation]\ndraws = 1\n[[row]]\nlabel = "only"\nset = { "data.task" = "mnist" }\n'
+    )
+    storage, runs = f"journal:{tmp_path / 'one.journal'}", tmp_path / "runs"
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    options = {"workers": 1, "storage": storage, "runs_dir": runs, "progress": False, "device": "cpu"}
+    with pytest.raises(AttentionError, match=r"1 trial\(s\) failed: one.toml: only \| seed 0 .*run the same"):
+        run_study(study_file, data_dir=empty, **options)
+    assert [t.state for t in trials_of(storage, "one")] == [TrialState.FAIL]  # failed once, not looped on
+    [summary] = run_study(study_file, data_dir=mnist_dir, **options)  # the cause fixed: retried
+    assert summary["finished"] == 1
+    assert [t.state for t in trials_of(storage, "one")] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
