@@ -431,16 +431,23 @@ def run_trial(
 
 
 def default_workers(device: str) -> tuple[int, list[str], int]:
-    """(workers, their devices, threads each): one per visible GPU, each pinned to its device; on the CPU
-    one single-thread worker per core (OpenMP threads of one process waiting on each other were measured far
-    slower on a loaded machine; ``attention bench --layouts`` measures every split on the machine at hand)."""
+    """(workers, their devices, threads each) for ``--device``: ``auto`` or ``cuda``, one per visible GPU,
+    each pinned to its device; a named device (``cuda:1``), one worker there; ``cpu`` (or ``auto`` without
+    a GPU), one single-thread worker per core (OpenMP threads of one process waiting on each other were
+    measured far slower on a loaded machine; ``attention bench --layouts`` measures every split on the
+    machine at hand). A device this machine lacks is refused, as by ``attention train``."""
     import torch
 
-    if device in ("auto", "cuda") and torch.cuda.is_available():
+    from attention.build import pick_device
+
+    chosen = pick_device(device)
+    if chosen.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return cores, ["cpu"] * cores, 1
+    if device in ("auto", "cuda"):
         count = torch.cuda.device_count()
         return count, [f"cuda:{i}" for i in range(count)], 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores, ["cpu"] * cores, 1
+    return 1, [device], 1
 
 
 def start_workers(specs: list[WorkerSpec], workers: int | None) -> int:
@@ -535,6 +542,7 @@ def launch(
     import tempfile
 
     started = time.time()
+    default_workers(device)  # refuse a device this machine lacks before anything is enqueued
     if smoke and storage is None:
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
         storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"

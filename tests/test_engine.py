@@ -537,3 +537,27 @@ def test_a_worker_resolves_each_ready_units_run_once_and_a_later_stage_once_its_
     later = Unit(first_stage.row, 0, 1)
     assert queued == [later.key]  # its config names the finished first stage's run
     assert work.storage.get_trial(claim(work.study, work.storage)._trial_id).user_attrs[KEY] == later.key
+
+
+def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(monkeypatch, tmp_path):
+    import torch
+
+    from attention.engine import default_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers("cpu") == (cores, ["cpu"] * cores, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_workers("auto") == (cores, ["cpu"] * cores, 1)
+    with pytest.raises(AttentionError, match="CUDA is not available; use --device cpu"):
+        default_workers("cuda:1")
+    study_file, _ = write_files(tmp_path)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    with pytest.raises(AttentionError, match="CUDA is not available"):
+        run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", device="cuda", progress=False)
+    assert not (tmp_path / "study.journal").exists() and not (tmp_path / "runs").exists()  # nothing queued
+    # on a machine with two GPUs: one worker each, or one worker on the GPU named
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_workers("cuda") == (2, ["cuda:0", "cuda:1"], 1)
+    assert default_workers("auto") == (2, ["cuda:0", "cuda:1"], 1)
+    assert default_workers("cuda:1") == (1, ["cuda:1"], 1)
