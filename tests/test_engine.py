@@ -293,6 +293,10 @@ def test_two_workers_share_one_study_through_postgresql(mnist_dir, tmp_path, pos
         ('[space."train.learning_rate"]\nlow = 0.0\nhigh = 1e-2\nlog = true', "must exclude zero"),
         ('[space."train.no_such_field"]\nlow = 1.0\nhigh = 2.0', "unknown config key 'train.no_such_field'"),
         ('[space."train.learning_rate"]\nlow = 1e-2\nhigh = 1e-4', "low < high"),
+        # values that only building the model refuses: in the fixed settings, a choice, a range's end
+        ('set = { "model.reader.name" = "nope" }', "unknown reader 'nope'"),
+        ('[space."model.core.name"]\nchoices = ["lstm", "gru"]', "unknown core 'gru'"),
+        ('[space."model.where.std"]\nlow = -0.1\nhigh = 0.3', r"'model.where.std' = -0.1: .*must be > 0"),
     ],
 )
 def test_a_malformed_search_is_refused_in_one_line_naming_file_and_key(tmp_path, change, message):
