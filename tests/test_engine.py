@@ -99,6 +99,8 @@ def test_search_report_writes_the_best_recipe_that_train_accepts(mnist_dir, tmp_
     from attention.search_report import write_search_report
 
     _, search_file = write_files(tmp_path, epochs=1, trials=2)
+    with search_file.open("a") as text:  # a choice beside the two ranges
+        text.write('[space."model.core.name"]\nchoices = ["rnn", "lstm"]\n')
     storage = f"journal:{tmp_path / 'search.journal'}"
     run_search(search_file, workers=1, storage=storage, runs_dir=tmp_path / "runs", data_dir=mnist_dir)
     written = write_search_report(search_file, storage=storage, out_dir=tmp_path / "report")
@@ -107,6 +109,11 @@ def test_search_report_writes_the_best_recipe_that_train_accepts(mnist_dir, tmp_
     config = with_overrides(Config(), recipe)
     assert config.train.learning_rate == best.params["train.learning_rate"]
     assert config.model.where.std == best.params["model.where.std"]
+    assert config.model.core.name == best.params["model.core.name"]
+    assert (
+        f"model.core.name = {best.params['model.core.name']}"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
     assert config.train.epochs == Config().train.epochs  # the search's short budget is not in the recipe
     assert all(path.stat().st_size > 0 for path in written)
 
