@@ -440,7 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="Optuna storage: a journal file path (default: results/studies/<name>/optuna.journal) "
             "or postgresql://user@host/db to share the work between machines",
         )
-        p.add_argument("--runs-dir", default="results/runs", help="parent of run directories")
+        p.add_argument(
+            "--runs-dir",
+            help="parent of run directories (default: results/runs; with --smoke, a temporary folder)",
+        )
         p.add_argument(
             "--smoke", action="store_true", help="a tiny version in a temporary folder, in seconds"
         )

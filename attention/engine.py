@@ -49,6 +49,8 @@ ERROR = "error"
 """User attribute of a trial that failed with an error (retried only by a later start)."""
 ENDED = "ended_because"
 """User attribute of a trial failed by the engine: 'stale', 'interrupted' or 'handed back' (retried)."""
+DEFAULT_RUNS_DIR = Path("results/runs")
+"""Where studies and searches keep their runs, unless told otherwise (committed: every result's source)."""
 # Advisory-lock key of the enqueue/reap section in PostgreSQL (any fixed 64-bit number).
 PG_LOCK_KEY = 0x61747465  # "atte"
 
@@ -525,7 +527,7 @@ def launch(
     *,
     workers: int | None,
     storage: str | None,
-    runs_dir: str | Path,
+    runs_dir: str | Path | None,
     data_dir: str | Path | None,
     device: str,
     smoke: bool,
@@ -536,16 +538,19 @@ def launch(
 ) -> list[tuple[WorkerSpec, optuna.Study]]:
     """Enqueue what each study or search file (``kind``) still lacks and run workers that work through
     them in order; the files were checked by the caller. Each file keeps its own storage (its journal,
-    unless ``storage`` names one for all: one journal or database holds many studies, by name). A smoke
-    run gets a temporary folder for its storage and runs unless told where. Returns each file's spec and
+    unless ``storage`` names one for all: one journal or database holds many studies, by name). Runs go to
+    ``runs_dir`` (default ``results/runs``); a smoke run puts its storage and its runs, whichever it was not
+    told where, in a temporary folder, so that it never mixes with real ones. Returns each file's spec and
     Optuna study."""
     import tempfile
 
     started = time.time()
     default_workers(device)  # refuse a device this machine lacks before anything is enqueued
-    if smoke and storage is None:
+    if smoke and (storage is None or runs_dir is None):  # what it was not told goes to a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
-        storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
+        storage = storage or f"journal:{scratch / 'optuna.journal'}"
+        runs_dir = runs_dir or scratch / "runs"
+    runs_dir = runs_dir or DEFAULT_RUNS_DIR
     specs = [
         WorkerSpec(
             kind=kind,

@@ -294,7 +294,7 @@ def run_search(
     workers: int | None = None,
     storage: str | None = None,
     trials: int | None = None,
-    runs_dir: str | Path = "results/runs",
+    runs_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     smoke: bool = False,

@@ -134,7 +134,7 @@ def run_study(
     *,
     workers: int | None = None,
     storage: str | None = None,
-    runs_dir: str | Path = "results/runs",
+    runs_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     smoke: bool = False,

@@ -572,3 +572,16 @@ def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(mo
     assert default_workers("cuda") == (2, ["cuda:0", "cuda:1"], 1)
     assert default_workers("auto") == (2, ["cuda:0", "cuda:1"], 1)
     assert default_workers("cuda:1") == (1, ["cuda:1"], 1)
+
+
+def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_runs_folder(
+    mnist_dir, tmp_path, monkeypatch
+):
+    study_file, _ = write_files(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where results/runs would be
+    storage = f"journal:{tmp_path / 'smoke.journal'}"
+    [summary] = run_study(study_file, smoke=True, storage=storage, data_dir=mnist_dir, progress=False)
+    assert summary["finished"] == summary["units"] > 0
+    assert summary["storage"] == storage
+    assert Path(summary["runs_dir"]).parent.name.startswith("attention-smoke-")  # its scratch folder
+    assert not (tmp_path / "results").exists()
