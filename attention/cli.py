@@ -338,6 +338,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attention", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
@@ -362,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--canvas-size", type=int)
     show.add_argument("--clutter-count", type=int)
     show.add_argument("--test-seed", type=int, default=2)
-    show.add_argument("--count", type=int, default=16)
+    show.add_argument("--count", type=_positive_int, default=16)
     show.add_argument("--out")
     data_dir(show)
     show.set_defaults(func=cmd_data_show)
@@ -400,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     glimpses.add_argument("run_dir")
     glimpses.add_argument("--out", required=True)
-    glimpses.add_argument("--count", type=int, default=4)
+    glimpses.add_argument("--count", type=_positive_int, default=4)
     glimpses.add_argument("--test-seed", type=int)
     data_dir(glimpses)
     device(glimpses)
@@ -448,10 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--smoke", action="store_true", help="a tiny version in a temporary folder, in seconds"
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("--heartbeat-s", type=float, default=30.0, help="seconds between a trial's heartbeats")
+        p.add_argument(
+            "--heartbeat-s", type=_positive_float, default=30.0, help="seconds between a trial's heartbeats"
+        )
         p.add_argument(
             "--stale-after-s",
-            type=float,
+            type=_positive_float,
             default=300.0,
             help="fail and retry (from its checkpoint) a running trial silent this long",
         )

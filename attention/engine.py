@@ -545,6 +545,11 @@ def launch(
     import tempfile
 
     started = time.time()
+    if not 0 < 2 * heartbeat_s < stale_after_s:
+        raise AttentionError(
+            f"--stale-after-s ({stale_after_s:g}) must be more than twice --heartbeat-s ({heartbeat_s:g}), "
+            "both > 0, or live trials would be failed as stale"
+        )
     default_workers(device)  # refuse a device this machine lacks before anything is enqueued
     if smoke and (storage is None or runs_dir is None):  # what it was not told goes to a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))

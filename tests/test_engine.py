@@ -585,3 +585,29 @@ def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_r
     assert summary["storage"] == storage
     assert Path(summary["runs_dir"]).parent.name.startswith("attention-smoke-")  # its scratch folder
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["data", "show", "--task", "mnist", "--count", "0"],
+        ["data", "show", "--task", "mnist", "--count", "-3"],
+        ["report", "glimpses", "run", "--out", "x.png", "--count", "0"],
+        ["study", "run", "x.toml", "--heartbeat-s", "0"],
+        ["search", "x.toml", "--stale-after-s", "nan"],
+    ],
+)
+def test_the_cli_refuses_counts_and_intervals_that_are_not_positive(args, capsys):
+    from attention.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(args)
+    assert exit.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_a_stale_limit_within_two_heartbeats_is_refused_before_anything_is_queued(tmp_path):
+    study_file, _ = write_files(tmp_path)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    with pytest.raises(AttentionError, match="more than twice --heartbeat-s"):
+        run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", heartbeat_s=30, stale_after_s=60)
+    assert not (tmp_path / "study.journal").exists()
