@@ -611,3 +611,17 @@ def test_a_stale_limit_within_two_heartbeats_is_refused_before_anything_is_queue
     with pytest.raises(AttentionError, match="more than twice --heartbeat-s"):
         run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", heartbeat_s=30, stale_after_s=60)
     assert not (tmp_path / "study.journal").exists()
+
+
+@pytest.mark.parametrize("document", [None, "# results\n\nno markers here\n"])
+def test_a_report_into_a_document_it_cannot_update_is_refused_before_anything_is_written(tmp_path, document):
+    from attention.report.study_report import write_study_report
+
+    study_file, _ = write_files(tmp_path)
+    into = tmp_path / "results.md"
+    if document is not None:
+        into.write_text(document)
+    with pytest.raises(AttentionError, match="does not exist|needs the lines"):
+        write_study_report(study_file, runs_dir=tmp_path / "runs", out_dir=tmp_path / "report", into=into)
+    assert not (tmp_path / "report").exists()
+    assert into.read_text() == document if document is not None else not into.exists()

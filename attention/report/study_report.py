@@ -394,6 +394,12 @@ def write_study_report(
     from attention.runs import atomic_write_bytes
 
     study = load_study(study_file, smoke=smoke)
+    if into is not None:  # refuse a document it cannot update before evaluating or writing anything
+        if not into.is_file():
+            raise AttentionError(
+                f"{into} does not exist: --into updates a document that has the study's markers"
+            )
+        replace_section(into.read_text(), study.name, "")
     out_dir = out_dir or study_folder(study.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect(study, Path(runs_dir), cache_dir=out_dir / "evaluations", data_dir=data_dir, device=device)
@@ -405,10 +411,6 @@ def write_study_report(
     atomic_write_bytes(table, csv_text(study, rows).encode())
     written = [report, table, *figures.values()]
     if into is not None:
-        if not into.is_file():
-            raise AttentionError(
-                f"{into} does not exist: --into updates a document that has the study's markers"
-            )
         section = markdown(study, rows, pairs, figures, into.parent)
         atomic_write_bytes(into, replace_section(into.read_text(), study.name, section).encode())
         written.append(into)
@@ -425,7 +427,8 @@ def replace_section(document: str, name: str, section: str) -> str:
     begin, end = markers(name)
     if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
         raise AttentionError(
-            f"the document needs the lines '{begin}' and '{end}' once each, around where the study goes"
+            f"the document needs the lines '{begin}' and '{end}' once each, in that order, around where "
+            "the study goes: add them"
         )
     head, rest = document.split(begin, 1)
     _, tail = rest.split(end, 1)
