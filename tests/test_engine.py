@@ -135,7 +135,7 @@ def test_a_study_finishes_every_unit_once_and_its_report_pairs_rows(mnist_dir, t
     assert stage_one != stage_two
     written = write_study_report(study_file, runs_dir=runs, out_dir=tmp_path / "report", data_dir=mnist_dir)
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| one stage |" in text and "pooled" in text and "1 + 1" in text
+    assert "| one stage |" in text and "A right more often" in text and "1 + 1" in text
     assert any(p.suffix == ".csv" for p in written) and any(p.suffix == ".png" for p in written)
     run_study(study_file, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False)
     assert len(trials_of(storage, "tiny-study")) == 6  # nothing retrained
