@@ -121,7 +121,9 @@ def run_evaluation(
         "averaged_error_pct": measured["averaged_error_pct"],
         "first_draw_correct": _pack(measured["first_correct"]),
     }
-    stored = {"version": CACHE_VERSION, "run": str(run_dir), "evaluations": stored.get("evaluations", {})}
+    # entries of another cache version were measured another way: they are dropped, not carried over
+    kept = stored.get("evaluations", {}) if stored.get("version") == CACHE_VERSION else {}
+    stored = {"version": CACHE_VERSION, "run": str(run_dir), "evaluations": kept}
     stored["evaluations"][key] = entry
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_json(cache, stored)
