@@ -202,8 +202,8 @@ def _bench_population(args: argparse.Namespace) -> None:
         paired_on_one_thread,
         saturation,
     )
+    from attention.build import pick_device
     from attention.runs import write_json
-    from attention.train import pick_device
 
     device = pick_device(args.device)
     cases = [c for c in bench.TRAINING_CASES if args.cases is None or args.cases in c.name]

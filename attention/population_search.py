@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
+from attention.build import resolve_config
 from attention.engine import (
     ENDED,
     ERROR,
@@ -32,7 +33,6 @@ from attention.engine import (
     next_trial,
 )
 from attention.population_train import Outcome, fit_population, population_mismatch
-from attention.train import resolve_config
 
 log = logging.getLogger(__name__)
 

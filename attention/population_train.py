@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attention import AttentionError
+from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config, config_hash, flatten, to_dict
 from attention.data.mnist import load_mnist
 from attention.data.tasks import FixedSet, TrainingStream, fixed_set, to_float
@@ -53,12 +54,9 @@ from attention.train import (
     divergence_message,
     load_initial_weights,
     lr_factor,
-    make_model,
     make_optimizer,
     new_state,
-    pick_device,
     record_validation,
-    resolve_config,
     seeded_generator,
 )
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attention import AttentionError
-from attention.build import compiled_part, make_model, pick_device, resolve_config, training_unroll
+from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config, config_hash, to_dict
 from attention.linear import kernel_report
 from attention.runs import (
@@ -43,17 +43,6 @@ from attention.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-# re-exported: callers of the trainer's building blocks found them here before build.py existed
-__all__ = [
-    "Checkpoint",
-    "compiled_part",
-    "fit",
-    "make_model",
-    "make_optimizer",
-    "pick_device",
-    "resolve_config",
-    "training_unroll",
-]
 # How often (in steps) the progress bar's loss and error are refreshed.
 PROGRESS_EVERY = 25
 

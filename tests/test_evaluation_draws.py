@@ -2,11 +2,11 @@
 
 import torch
 
+from attention.build import make_model, resolve_config
 from attention.config import Config, with_overrides
 from attention.data.tasks import FixedSet
 from attention.evaluate import error_pct
 from attention.report.evaluation import evaluate_draws, unpack
-from attention.train import make_model, resolve_config
 
 
 def tiny_set(count: int = 64) -> FixedSet:

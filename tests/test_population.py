@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from search_files import tiny_search_text
 
 from attention import AttentionError
+from attention.build import make_model, resolve_config
 from attention.config import Config, with_overrides
 from attention.population import PopulationAdam, PopulationRAM, _stacked_linear
 from attention.population_train import check_population, fit_population
 from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, run_is_busy, safe_load
-from attention.train import fit, make_model, make_optimizer, resolve_config
+from attention.train import fit, make_optimizer
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 TINY = {

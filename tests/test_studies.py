@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from attention import AttentionError
+from attention.build import resolve_config
 from attention.config import tomllib
 from attention.runs import CONFIG, find_run
 from attention.search import draws, load_search
 from attention.study import load_study, unit_run
-from attention.train import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"

@@ -93,9 +93,9 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """The protocol's numbers for one run on one test set (``test_seed`` None: the run's own), from the
     cache in ``cache_dir`` when present, else measured from the run's weights and cached."""
+    from attention.build import pick_device
     from attention.runs import load_run_config
     from attention.tasks import TASKS
-    from attention.train import pick_device
 
     config = load_run_config(run_dir)
     data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
