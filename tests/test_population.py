@@ -134,6 +134,7 @@ def test_per_trial_learning_rate_and_std_really_differ():
     # the same normal draws scaled by each trial's std (away from the clamp at the border)
     noise = rollout.where[:, 1:] - rollout.where_mean[:, 1:].detach()
     inside = (rollout.where[:, 1:].abs() < 1).all(dim=0)
+    assert inside.any()  # else the comparison below would pass on empty tensors
     ratio = noise[1][inside] / noise[0][inside]
     torch.testing.assert_close(ratio, torch.full_like(ratio, 0.3 / 0.05), rtol=1e-3, atol=0)
     # Adam's first step moves each parameter with a gradient by its learning rate (m / sqrt(v) = sign(g))
