@@ -441,10 +441,11 @@ def default_workers(device: str) -> tuple[int, list[str], int]:
     import torch
 
     from attention.build import pick_device
+    from attention.cpu import usable_cores
 
     chosen = pick_device(device)
     if chosen.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         return cores, ["cpu"] * cores, 1
     if device in ("auto", "cuda"):
         count = torch.cuda.device_count()
@@ -456,9 +457,11 @@ def start_workers(specs: list[WorkerSpec], workers: int | None) -> int:
     """Run ``workers`` worker processes (default: :func:`default_workers`), each working through ``specs``
     in order (:func:`worker`), and wait for them; a single worker runs in this process. Returns the number
     of trials run here (0 when they ran in worker processes). Ctrl-C stops every worker cleanly."""
+    from attention.cpu import usable_cores
+
     count, devices, threads = default_workers(specs[0].device)
     if workers is not None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         devices = [devices[i % len(devices)] for i in range(workers)]
         threads = max(1, cores // workers) if devices[0] == "cpu" else 1
         count = workers
