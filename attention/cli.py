@@ -276,12 +276,18 @@ def cmd_study_run(args: argparse.Namespace) -> None:
 
 def cmd_study_status(args: argparse.Namespace) -> None:
     from attention.study import load_study
-    from attention.study_status import status_lines, study_status, summary_dict, time_left_lines
+    from attention.study_status import (
+        status_lines,
+        stored_errors,
+        study_status,
+        summary_dict,
+        time_left_lines,
+    )
 
     everything = []
     for number, file in enumerate(args.files):
         study = load_study(file)
-        statuses = study_status(study, Path(args.runs_dir))
+        statuses = study_status(study, Path(args.runs_dir), stored_errors(study, args.storage))
         everything += statuses
         if args.json:
             print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
@@ -482,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study_status.add_argument("files", nargs="+", metavar="file")
     study_status.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_status.add_argument(
+        "--storage", help="where its trials are recorded, for failed units (default: the study's journal)"
+    )
     study_status.add_argument("--json", action="store_true", help="one JSON object per study")
     study_status.set_defaults(func=cmd_study_status)
     study_report = study_commands.add_parser(

@@ -260,19 +260,19 @@ class Abandoned(Exception):
     """The trial was failed as stale while its worker still ran it (its retry owns the run now)."""
 
 
-def failures_since(study: optuna.Study, since: float | None) -> list[str]:
-    """'item: error' for each of ``study``'s items whose trial failed with an error at or after ``since``
-    and that no later trial of the same item retried to success."""
+def failed_items(study: optuna.Study, since: float | None = None) -> dict[str, str]:
+    """The error of each of ``study``'s items whose trial failed with an error (at or after ``since``, if
+    given) and that no later trial of the same item has finished since."""
     trials = study.get_trials(deepcopy=False)
     good = {t.user_attrs.get(KEY) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
-    return [
-        f"{t.user_attrs.get(KEY)}: {t.user_attrs[ERROR]}"
+    return {
+        t.user_attrs.get(KEY): t.user_attrs[ERROR]
         for t in trials
         if t.state == TrialState.FAIL
         and ERROR in t.user_attrs
         and not _failed_before(t, since)
         and t.user_attrs.get(KEY) not in good
-    ]
+    }
 
 
 def check_still_running(trial: optuna.Trial) -> None:
@@ -585,9 +585,9 @@ def launch(
         launched.append((spec, work.study))
     start_workers(specs, workers)
     failed = [
-        f"{Path(spec.file).name}: {line}"
+        f"{Path(spec.file).name}: {key}: {error}"
         for spec, study in launched
-        for line in failures_since(study, started)
+        for key, error in failed_items(study, started).items()
     ]
     if failed:
         more_text = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""

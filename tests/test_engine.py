@@ -24,6 +24,7 @@ from attention.runs import CHECKPOINT, RESULT, read_metrics
 from attention.search import draws, load_search, run_search
 from attention.study import Unit, load_study, unit_config, unit_run
 from attention.study_run import run_study
+from attention.study_status import FAILED, FINISHED, stored_errors, study_status
 
 TINY = '"data.train_limit" = 256, "data.eval_limit" = 100, "train.batch_size" = 64, "model.num_glimpses" = 2'
 
@@ -154,9 +155,14 @@ def test_a_unit_that_fails_fails_the_command_and_the_next_command_retries_it(mni
     with pytest.raises(AttentionError, match=r"1 trial\(s\) failed: one.toml: only \| seed 0 .*run the same"):
         run_study(study_file, data_dir=empty, **options)
     assert [t.state for t in trials_of(storage, "one")] == [TrialState.FAIL]  # failed once, not looped on
+    study = load_study(study_file)
+    [status] = study_status(study, runs, stored_errors(study, storage))
+    assert status.state == FAILED and str(empty) in status.error  # the error names the folder searched
     [summary] = run_study(study_file, data_dir=mnist_dir, **options)  # the cause fixed: retried
     assert summary["finished"] == 1
     assert [t.state for t in trials_of(storage, "one")] == [TrialState.FAIL, TrialState.COMPLETE]
+    [status] = study_status(study, runs, stored_errors(study, storage))
+    assert status.state == FINISHED and status.error is None
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
