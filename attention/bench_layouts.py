@@ -7,10 +7,10 @@ the same wall-clock window; its figure is the images per second summed over the 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from attention.bench_together import train_together
+from attention.cpu import usable_cores
 
 WINDOW_S = 20.0
 WARMUP_STEPS = 5
@@ -29,13 +29,9 @@ def _prepare(threads: int, overrides: dict[str, Any]) -> tuple[Any, int]:
     return step, batch
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def measure_layouts(overrides: dict[str, Any], *, window_s: float = WINDOW_S) -> list[dict[str, Any]]:
     """Images/s summed over the processes for every way to split the cores into P processes x T threads."""
-    total = cores()
+    total = usable_cores()
     layouts = [(p, total // p) for p in range(1, total + 1) if total % p == 0]
     rows = []
     for processes, threads in layouts:

@@ -72,9 +72,9 @@ def _stepper(population: int, overrides: dict[str, Any], device: Any):
     import torch
 
     from attention.bench import synthetic_training_step
+    from attention.build import make_model, resolve_config
     from attention.config import Config, with_overrides
     from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
-    from attention.train import make_model, resolve_config
 
     if population == 1:
         _, step = synthetic_training_step(
@@ -173,9 +173,9 @@ def measure_population(
     """Images/s summed over the trials for each layout (:func:`cpu_layouts` or :func:`gpu_layouts`),
     pooled over ``rounds`` rounds that measure every layout once, in an order that rotates from round to
     round, so that a slow spell of a shared machine does not fall on one layout only."""
-    from attention.bench_layouts import cores as count_cores
+    from attention.cpu import usable_cores
 
-    cores = cores or count_cores()
+    cores = cores or usable_cores()
     layouts = gpu_layouts(size) if device.startswith("cuda") else cpu_layouts(size, cores)
     rates: dict[str, list[list[float]]] = {layout.label: [] for layout in layouts}
     for round_ in range(rounds):

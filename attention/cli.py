@@ -202,8 +202,8 @@ def _bench_population(args: argparse.Namespace) -> None:
         paired_on_one_thread,
         saturation,
     )
+    from attention.build import pick_device
     from attention.runs import write_json
-    from attention.train import pick_device
 
     device = pick_device(args.device)
     cases = [c for c in bench.TRAINING_CASES if args.cases is None or args.cases in c.name]
@@ -276,12 +276,18 @@ def cmd_study_run(args: argparse.Namespace) -> None:
 
 def cmd_study_status(args: argparse.Namespace) -> None:
     from attention.study import load_study
-    from attention.study_status import status_lines, study_status, summary_dict, time_left_lines
+    from attention.study_status import (
+        status_lines,
+        stored_errors,
+        study_status,
+        summary_dict,
+        time_left_lines,
+    )
 
     everything = []
     for number, file in enumerate(args.files):
         study = load_study(file)
-        statuses = study_status(study, Path(args.runs_dir))
+        statuses = study_status(study, Path(args.runs_dir), stored_errors(study, args.storage))
         everything += statuses
         if args.json:
             print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
@@ -338,6 +344,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attention", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress information")
@@ -362,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--canvas-size", type=int)
     show.add_argument("--clutter-count", type=int)
     show.add_argument("--test-seed", type=int, default=2)
-    show.add_argument("--count", type=int, default=16)
+    show.add_argument("--count", type=_positive_int, default=16)
     show.add_argument("--out")
     data_dir(show)
     show.set_defaults(func=cmd_data_show)
@@ -400,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     glimpses.add_argument("run_dir")
     glimpses.add_argument("--out", required=True)
-    glimpses.add_argument("--count", type=int, default=4)
+    glimpses.add_argument("--count", type=_positive_int, default=4)
     glimpses.add_argument("--test-seed", type=int)
     data_dir(glimpses)
     device(glimpses)
@@ -440,15 +453,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="Optuna storage: a journal file path (default: results/studies/<name>/optuna.journal) "
             "or postgresql://user@host/db to share the work between machines",
         )
-        p.add_argument("--runs-dir", default="results/runs", help="parent of run directories")
+        p.add_argument(
+            "--runs-dir",
+            help="parent of run directories (default: results/runs; with --smoke, a temporary folder)",
+        )
         p.add_argument(
             "--smoke", action="store_true", help="a tiny version in a temporary folder, in seconds"
         )
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("--heartbeat-s", type=float, default=30.0, help="seconds between a trial's heartbeats")
+        p.add_argument(
+            "--heartbeat-s", type=_positive_float, default=30.0, help="seconds between a trial's heartbeats"
+        )
         p.add_argument(
             "--stale-after-s",
-            type=float,
+            type=_positive_float,
             default=300.0,
             help="fail and retry (from its checkpoint) a running trial silent this long",
         )
@@ -470,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study_status.add_argument("files", nargs="+", metavar="file")
     study_status.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_status.add_argument(
+        "--storage", help="where its trials are recorded, for failed units (default: the study's journal)"
+    )
     study_status.add_argument("--json", action="store_true", help="one JSON object per study")
     study_status.set_defaults(func=cmd_study_status)
     study_report = study_commands.add_parser(

@@ -198,7 +198,8 @@ class GameConfig:
 
     frames: int = 20_000_000
     """Training budget: frames seen, summed over all games (the paper trained for 20 million). Training
-    runs whole evaluation intervals and never more frames than this."""
+    runs whole evaluation intervals and never more frames than this, except that it trains at least one
+    batch of games (a smaller budget, as in a smoke run, is rounded up to one batch)."""
     frames_per_interval: int = 500_000
     """Frames between evaluations: the trainer's 'epoch' (a metrics row, a checkpoint, model selection),
     rounded up to whole batches of games."""

@@ -111,3 +111,8 @@ def cpu_description() -> dict[str, Any]:
         "torch_cpu_capability": capability() if capability else None,
         "onednn_isa": onednn_isa(),
     }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, as a batch system sets it), else all of them."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

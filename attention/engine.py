@@ -1,10 +1,11 @@
 """The one engine under studies and searches: work items as Optuna trials in a shared storage.
 
 A study's row x seed x stage runs and a search's drawn trials are *work items*, each with a key. They are
-enqueued as WAITING trials (once: an item that is waiting, running, done, or failed with an error is not
-enqueued again), and worker processes on any machine claim them one at a time (WAITING -> RUNNING is atomic
-in the storage, so two workers never take the same trial). Nothing else decides what runs, so the same file
-scales from one process to many machines sharing a PostgreSQL server.
+enqueued as WAITING trials (once: an item that is waiting, running or done is not enqueued again, nor one
+that failed with an error since this command started, so a deterministic error does not loop; the next
+start retries it, after its cause was fixed), and worker processes on any machine claim them one at a time
+(WAITING -> RUNNING is atomic in the storage, so two workers never take the same trial). Nothing else
+decides what runs, so the same file scales from one process to many machines sharing a PostgreSQL server.
 
 Faults. A running trial writes a heartbeat (a user attribute, every ``heartbeat_s``) from a side thread. A
 worker that finds a RUNNING trial whose heartbeat is older than ``stale_after_s`` (its worker was killed)
@@ -45,9 +46,11 @@ KEY = "item"
 """User attribute of a trial: the key of the work item it runs."""
 HEARTBEAT = "heartbeat"
 ERROR = "error"
-"""User attribute of a trial that failed with an error (not retried)."""
+"""User attribute of a trial that failed with an error (retried only by a later start)."""
 ENDED = "ended_because"
 """User attribute of a trial failed by the engine: 'stale', 'interrupted' or 'handed back' (retried)."""
+DEFAULT_RUNS_DIR = Path("results/runs")
+"""Where studies and searches keep their runs, unless told otherwise (committed: every result's source)."""
 # Advisory-lock key of the enqueue/reap section in PostgreSQL (any fixed 64-bit number).
 PG_LOCK_KEY = 0x61747465  # "atte"
 
@@ -147,17 +150,31 @@ def open_study(
 # ------------------------------------------------------------------------------------------- queue
 
 
-def _accounted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial's item needs no new trial: waiting, running, done, or failed with an error."""
+def _accounted(trial: optuna.trial.FrozenTrial, errors_since: float | None) -> bool:
+    """Whether a trial's item needs no new trial: waiting, running, done, or failed with an error at or
+    after ``errors_since`` (the start of this command: an error before it is retried)."""
     if trial.state == TrialState.FAIL:
-        return ERROR in trial.user_attrs
+        return ERROR in trial.user_attrs and not _failed_before(trial, errors_since)
     return True
 
 
-def enqueue(study: optuna.Study, items: list[Item], *, done: Callable[[Item], bool] | None = None) -> int:
-    """Enqueue each item that no trial accounts for and that is not already ``done``; call under
+def _failed_before(trial: optuna.trial.FrozenTrial, since: float | None) -> bool:
+    ended = trial.datetime_complete
+    return since is not None and ended is not None and ended.timestamp() < since
+
+
+def enqueue(
+    study: optuna.Study,
+    items: list[Item],
+    *,
+    done: Callable[[Item], bool] | None = None,
+    errors_since: float | None = None,
+) -> int:
+    """Enqueue each item that no trial accounts for and that is not already ``done``; an item whose trial
+    failed with an error before ``errors_since`` is enqueued again (None: never). Call under
     :func:`storage_lock`. Returns how many were enqueued."""
-    accounted = {t.user_attrs.get(KEY) for t in study.get_trials(deepcopy=False) if _accounted(t)}
+    trials = study.get_trials(deepcopy=False)
+    accounted = {t.user_attrs.get(KEY) for t in trials if _accounted(t, errors_since)}
     count = 0
     for item in items:
         if item.key in accounted or (done is not None and done(item)):
@@ -243,6 +260,21 @@ class Abandoned(Exception):
     """The trial was failed as stale while its worker still ran it (its retry owns the run now)."""
 
 
+def failed_items(study: optuna.Study, since: float | None = None) -> dict[str, str]:
+    """The error of each of ``study``'s items whose trial failed with an error (at or after ``since``, if
+    given) and that no later trial of the same item has finished since."""
+    trials = study.get_trials(deepcopy=False)
+    good = {t.user_attrs.get(KEY) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    return {
+        t.user_attrs.get(KEY): t.user_attrs[ERROR]
+        for t in trials
+        if t.state == TrialState.FAIL
+        and ERROR in t.user_attrs
+        and not _failed_before(t, since)
+        and t.user_attrs.get(KEY) not in good
+    }
+
+
 def check_still_running(trial: optuna.Trial) -> None:
     """Raise :class:`Abandoned` if ``trial`` is no longer RUNNING in the storage; called after each epoch,
     so a worker that was wrongly thought dead stops writing to a run directory its retry now owns."""
@@ -275,6 +307,9 @@ class WorkerSpec:
     poll_s: float = 5.0
     population: int = 1
     """A search's trials trained together by each worker, as one population (attention/population.py)."""
+    started: float | None = None
+    """When the command started (``time.time()``): items that failed with an error before it are retried,
+    those that fail after it are not (they would fail again), and are reported at its end."""
 
 
 @dataclass
@@ -359,8 +394,9 @@ def run_trial(
     execute: Callable[[optuna.Trial], float],
     heartbeat_s: float,
 ) -> None:
-    """Run one claimed trial and record how it ended: its value, pruned, failed with an error (kept, not
-    retried) or interrupted (retried from its checkpoint by the next start)."""
+    """Run one claimed trial and record how it ended: its value, pruned, failed with an error (not retried
+    by this command; the next start retries it) or interrupted (retried from its checkpoint by the next
+    start)."""
     key = trial.user_attrs.get(KEY)
     try:
         with heartbeat(storage, trial._trial_id, heartbeat_s):
@@ -397,25 +433,35 @@ def run_trial(
 
 
 def default_workers(device: str) -> tuple[int, list[str], int]:
-    """(workers, their devices, threads each): one per visible GPU, each pinned to its device; on the CPU
-    one single-thread worker per core (OpenMP threads of one process waiting on each other were measured far
-    slower on a loaded machine; ``attention bench --layouts`` measures every split on the machine at hand)."""
+    """(workers, their devices, threads each) for ``--device``: ``auto`` or ``cuda``, one per visible GPU,
+    each pinned to its device; a named device (``cuda:1``), one worker there; ``cpu`` (or ``auto`` without
+    a GPU), one single-thread worker per core (OpenMP threads of one process waiting on each other were
+    measured far slower on a loaded machine; ``attention bench --layouts`` measures every split on the
+    machine at hand). A device this machine lacks is refused, as by ``attention train``."""
     import torch
 
-    if device in ("auto", "cuda") and torch.cuda.is_available():
+    from attention.build import pick_device
+    from attention.cpu import usable_cores
+
+    chosen = pick_device(device)
+    if chosen.type == "cpu":
+        cores = usable_cores()
+        return cores, ["cpu"] * cores, 1
+    if device in ("auto", "cuda"):
         count = torch.cuda.device_count()
         return count, [f"cuda:{i}" for i in range(count)], 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores, ["cpu"] * cores, 1
+    return 1, [device], 1
 
 
 def start_workers(specs: list[WorkerSpec], workers: int | None) -> int:
     """Run ``workers`` worker processes (default: :func:`default_workers`), each working through ``specs``
     in order (:func:`worker`), and wait for them; a single worker runs in this process. Returns the number
     of trials run here (0 when they ran in worker processes). Ctrl-C stops every worker cleanly."""
+    from attention.cpu import usable_cores
+
     count, devices, threads = default_workers(specs[0].device)
     if workers is not None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         devices = [devices[i % len(devices)] for i in range(workers)]
         threads = max(1, cores // workers) if devices[0] == "cpu" else 1
         count = workers
@@ -484,7 +530,7 @@ def launch(
     *,
     workers: int | None,
     storage: str | None,
-    runs_dir: str | Path,
+    runs_dir: str | Path | None,
     data_dir: str | Path | None,
     device: str,
     smoke: bool,
@@ -495,14 +541,24 @@ def launch(
 ) -> list[tuple[WorkerSpec, optuna.Study]]:
     """Enqueue what each study or search file (``kind``) still lacks and run workers that work through
     them in order; the files were checked by the caller. Each file keeps its own storage (its journal,
-    unless ``storage`` names one for all: one journal or database holds many studies, by name). A smoke
-    run gets a temporary folder for its storage and runs unless told where. Returns each file's spec and
+    unless ``storage`` names one for all: one journal or database holds many studies, by name). Runs go to
+    ``runs_dir`` (default ``results/runs``); a smoke run puts its storage and its runs, whichever it was not
+    told where, in a temporary folder, so that it never mixes with real ones. Returns each file's spec and
     Optuna study."""
     import tempfile
 
-    if smoke and storage is None:
+    started = time.time()
+    if not 0 < 2 * heartbeat_s < stale_after_s:
+        raise AttentionError(
+            f"--stale-after-s ({stale_after_s:g}) must be more than twice --heartbeat-s ({heartbeat_s:g}), "
+            "both > 0, or live trials would be failed as stale"
+        )
+    default_workers(device)  # refuse a device this machine lacks before anything is enqueued
+    if smoke and (storage is None or runs_dir is None):  # what it was not told goes to a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
-        storage, runs_dir = f"journal:{scratch / 'optuna.journal'}", scratch / "runs"
+        storage = storage or f"journal:{scratch / 'optuna.journal'}"
+        runs_dir = runs_dir or scratch / "runs"
+    runs_dir = runs_dir or DEFAULT_RUNS_DIR
     specs = [
         WorkerSpec(
             kind=kind,
@@ -516,6 +572,7 @@ def launch(
             progress=progress,
             heartbeat_s=heartbeat_s,
             stale_after_s=stale_after_s,
+            started=started,
             **more,
         )
         for path in paths
@@ -527,6 +584,17 @@ def launch(
             work.refill()
         launched.append((spec, work.study))
     start_workers(specs, workers)
+    failed = [
+        f"{Path(spec.file).name}: {key}: {error}"
+        for spec, study in launched
+        for key, error in failed_items(study, started).items()
+    ]
+    if failed:
+        more_text = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+        raise AttentionError(
+            f"{len(failed)} trial(s) failed: {'; '.join(failed[:5])}{more_text}; fix the cause and run the "
+            "same command again, which retries them"
+        )
     return launched
 
 

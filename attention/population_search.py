@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
+from attention.build import resolve_config
 from attention.engine import (
     ENDED,
     ERROR,
@@ -32,7 +33,6 @@ from attention.engine import (
     next_trial,
 )
 from attention.population_train import Outcome, fit_population, population_mismatch
-from attention.train import resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,9 @@ def record(
     elif isinstance(outcome, Abandoned):
         log.warning("trial %d (%s) abandoned: %s", trial.number, key, outcome)
     elif isinstance(outcome, BaseException):
-        # an AttentionError (a diverged loss) is kept and not retried; anything else is unexpected, and
-        # the trial is failed without an error so that the engine retries it from its checkpoint
+        # an AttentionError (a diverged loss) is kept, retried only by a later command; anything else is
+        # unexpected, and the trial is failed without an error so that the engine retries it from its
+        # checkpoint
         attribute, value = (
             (ERROR, str(outcome)) if isinstance(outcome, AttentionError) else (ENDED, "crashed")
         )

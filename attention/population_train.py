@@ -29,11 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from attention import AttentionError
+from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config, config_hash, flatten, to_dict
 from attention.data.mnist import load_mnist
 from attention.data.tasks import FixedSet, TrainingStream, fixed_set, to_float
 from attention.evaluate import evaluate_model
-from attention.linear import kernel_report
 from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
 from attention.runs import (
     CHECKPOINT,
@@ -45,20 +45,20 @@ from attention.runs import (
     git_revision,
     holding_run,
     read_metrics,
-    safe_load,
     write_json,
     write_metrics,
 )
+from attention.tasks.classify import ClassifyTask
 from attention.train import (
+    checkpoint_record,
     divergence_message,
     load_initial_weights,
     lr_factor,
-    make_model,
     make_optimizer,
     new_state,
-    pick_device,
+    read_checkpoint,
     record_validation,
-    resolve_config,
+    result_record,
     seeded_generator,
 )
 
@@ -314,12 +314,7 @@ def _open_trial(
     )
     trial.best_weights = _copy(model.state_dict())
     if resume and checkpoint_path.exists():
-        saved = safe_load(checkpoint_path, map_location=device)
-        if saved.get("device_type", "cpu") != device.type:
-            raise AttentionError(
-                f"{checkpoint_path} was written on {saved.get('device_type')}; resume it with "
-                f"--device {saved.get('device_type')} (its random streams belong to that device)"
-            )
+        saved = read_checkpoint(checkpoint_path, device)
         model.load_state_dict(saved["model"])
         trial.optimizer.load_state_dict(saved["optimizer"])
         trial.moments = _moments_of(trial)
@@ -473,15 +468,16 @@ def _end_epoch(
     trial.model.load_state_dict(weights)
     atomic_torch_save(
         trial.run_dir / CHECKPOINT,
-        {
-            "model": weights,
-            "optimizer": _torch_optimizer_state(trial, optimizer.trial_state(k), training["lr"]),
-            "best_model": trial.best_weights,
-            "data_generator": trial.data_generator.get_state(),
-            "sample_generator": trial.sample_generator.get_state(),
-            "state": state,
-            "device_type": population.flat.device.type,
-        },
+        checkpoint_record(
+            model=weights,
+            optimizer=_torch_optimizer_state(trial, optimizer.trial_state(k), training["lr"]),
+            best_model=trial.best_weights,
+            # the classification task's stream, as its state_dict() names it (fit resumes it)
+            task_state={"data_generator": trial.data_generator.get_state()},
+            sample_generator=trial.sample_generator,
+            state=state,
+            device=population.flat.device,
+        ),
     )
     log.info(
         "%s epoch %d: loss %.4f train error %.2f%% val error %.2f%%",
@@ -523,32 +519,24 @@ def _moments_of(trial: _Trial) -> dict[str, Any] | None:
 
 def _finish(trial: _Trial, mnist: Any, device: torch.device, population_size: int) -> dict[str, Any]:
     """``fit``'s epilogue: the best weights to model.pt, the test evaluation and result.json."""
-    model, state, t = trial.model, trial.state, trial.config.train
+    model, state = trial.model, trial.state
     model.load_state_dict(trial.best_weights)
     atomic_torch_save(trial.run_dir / WEIGHTS, trial.best_weights)
-    evaluation = evaluate_model(model, trial.config, mnist, device=device)
-    result = {
-        **evaluation,
-        "config_hash": trial.identity,
-        "seed": t.seed,
-        "model": trial.config.model.name,
-        "epochs_run": state["epoch"],
-        "epochs_budget": t.epochs,
-        "time_budget_s": t.time_budget_s,
-        "stopped_because": state["stopped"] or "epochs",
-        "best_epoch": state["best_epoch"],
-        "validation_error_pct": state["best_error"],
-        "train_seconds": state["train_seconds"],
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "kernel": kernel_report(),
-        "git_revision": trial.revision,
-        "init_from_sha256": trial.init_digest,
-        # trained in a population of this many trials at its last epoch: train_seconds is the wall time of
-        # the shared epochs, not this trial's share of them
-        "population_size": population_size,
-    }
+    result = result_record(
+        config=trial.config,
+        model=model,
+        state=state,
+        evaluation=evaluate_model(model, trial.config, mnist, device=device),
+        selection=ClassifyTask.selection_result(state["best_error"]),
+        epochs_budget=trial.config.train.epochs,
+        identity=trial.identity,
+        revision=trial.revision,
+        init_digest=trial.init_digest,
+        device=device,
+    )
+    # trained in a population of this many trials at its last epoch: train_seconds is the wall time of the
+    # shared epochs, not this trial's share of them
+    result["population_size"] = population_size
     write_json(trial.run_dir / RESULT, result)
     return result
 

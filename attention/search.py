@@ -109,8 +109,6 @@ def _distribution(path: Path, key: str, spec: Any) -> optuna.distributions.BaseD
 def load_search(path: str | Path, *, smoke: bool = False) -> Search:
     """Read and check a search file; every key is checked and a drawn config resolves before anything
     trains. ``smoke`` shrinks it to a few tiny trials."""
-    from attention.train import resolve_config
-
     path = Path(path)
     raw = read_toml_file(path)
     check_keys(path, "", raw, SEARCH_KEYS)
@@ -140,12 +138,36 @@ def load_search(path: str | Path, *, smoke: bool = False) -> Search:
         budget = {**budget, **SMOKE}
         trials = min(trials, SMOKE_TRIALS)
     search = Search(path, title, source, recipe, budget, trials, seed, space, pruner, startup, warmup)
-    for params in draws(search)[:1]:  # every key of the space is a config key, and a draw resolves
-        try:
-            resolve_config(search.config(params))
-        except AttentionError as error:
-            raise AttentionError(f"{path}: {error}") from None
+    _check_space(search)
     return search
+
+
+def _check_space(search: Search) -> None:
+    """Every trial the search will run resolves and builds a model, and so does every value the space
+    allows at its edges (each choice, each range's ends), so that a bad value fails the file now, not its
+    trials one by one after hours of others."""
+    from attention.build import make_model, resolve_config
+    from attention.study import torch_cpu
+
+    drawn = draws(search)
+    candidates = []  # the edges first: their message names the value at fault
+    for key, dist in search.space.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            edges = list(dist.choices)
+        else:
+            edges = [dist.low, dist.high]
+        candidates += [(f"'{key}' = {value!r}", {**drawn[0], key: value}) for value in edges]
+    candidates += [(f"trial {i}'s draw {params}", params) for i, params in enumerate(drawn)]
+    checked = set()
+    for what, params in candidates:
+        try:
+            config = resolve_config(search.config(params))
+            if config in checked:
+                continue
+            make_model(config, torch_cpu())
+        except AttentionError as error:
+            raise AttentionError(f"{search.path}: with {what}: {error}") from None
+        checked.add(config)
 
 
 def _space_items(space: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -200,7 +222,7 @@ def work(spec: WorkerSpec) -> Work:
         )
 
     def refill() -> None:
-        enqueue(study, items(search))
+        enqueue(study, items(search), errors_since=spec.started)
 
     def execute(trial: optuna.Trial) -> float:
         config, run_dir = trial_run(search, trial, runs_dir)
@@ -245,9 +267,9 @@ def report_epoch(
 
 def trial_run(search: Search, trial: optuna.Trial, runs_dir: Path) -> tuple[Config, Path]:
     """A claimed trial's config and run directory (recorded on the trial as ``run_dir``)."""
+    from attention.build import resolve_config
     from attention.config import config_hash
     from attention.runs import find_run
-    from attention.train import resolve_config
 
     params = {key: _suggest(trial, key, dist) for key, dist in search.space.items()}
     config = resolve_config(search.config(params))
@@ -272,7 +294,7 @@ def run_search(
     workers: int | None = None,
     storage: str | None = None,
     trials: int | None = None,
-    runs_dir: str | Path = "results/runs",
+    runs_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     smoke: bool = False,

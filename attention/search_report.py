@@ -63,6 +63,11 @@ def search_task(search: Search) -> Any:
     return TASKS.get(search.config({}).data.task)
 
 
+def value_text(value: Any) -> str:
+    """A searched value as the report shows it: numbers to 4 significant digits, a choice as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def trials_table(study: optuna.Study, search: Search, task: Any) -> str:
     keys = list(search.space)
     lines = [
@@ -70,7 +75,7 @@ def trials_table(study: optuna.Study, search: Search, task: Any) -> str:
         "| --- | --- | " + " | ".join("---" for _ in keys) + " | --- | --- | --- | --- |",
     ]
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        values = " | ".join(f"{t.params[k]:.4g}" if k in t.params else "" for k in keys)
+        values = " | ".join(value_text(t.params[k]) if k in t.params else "" for k in keys)
         reported = t.intermediate_values
         best = t.value if t.value is not None else (min(reported.values()) if reported else None)
         lines.append(
@@ -132,7 +137,7 @@ def write_search_report(
             + (f"Source: {search.source}. " if search.source else "")
             + f"Search file: `{search.path}`; storage `{url}`. "
             f"Trials: {summary}. Best: trial {best.number}, "
-            + ", ".join(f"{k} = {v:.4g}" for k, v in best.params.items())
+            + ", ".join(f"{k} = {value_text(v)}" for k, v in best.params.items())
             + f", {objective}.\n\n"
             + trials_table(study, search, task)
             + "\n![optimization history](history.png)\n\n![error against each searched field](slices.png)\n"

@@ -174,7 +174,7 @@ def stage_config(row: Row, seed: int, stage: int, *, init_from: str | None = Non
 
 def _check_row(path: Path, row: Row) -> None:
     """Every stage resolves and builds, and no stage changes the shapes of the weights it starts from."""
-    from attention.train import make_model, resolve_config
+    from attention.build import make_model, resolve_config
 
     shapes = None
     for stage in range(len(row.stages)):
@@ -289,8 +289,8 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
 def unit_config(unit: Unit, runs_dir: Path) -> Config | None:
     """The resolved config of ``unit``: for a later stage, started from the run of the stage before it for
     the same seed; None when that run has not finished yet."""
+    from attention.build import resolve_config
     from attention.runs import RESULT, find_run
-    from attention.train import resolve_config
 
     init_from = None
     if unit.stage > 0:

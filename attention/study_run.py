@@ -76,7 +76,12 @@ def work(spec: WorkerSpec) -> Work:
 
     def refill() -> None:
         items = pending_items(study, locate)
-        enqueue(optuna_study, items, done=lambda item: is_finished(locate(units[item.key])))
+        enqueue(
+            optuna_study,
+            items,
+            done=lambda item: is_finished(locate(units[item.key])),
+            errors_since=spec.started,
+        )
 
     def execute(trial: optuna.Trial) -> float:
         key = trial.user_attrs[KEY]
@@ -129,7 +134,7 @@ def run_study(
     *,
     workers: int | None = None,
     storage: str | None = None,
-    runs_dir: str | Path = "results/runs",
+    runs_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
     smoke: bool = False,

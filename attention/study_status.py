@@ -3,13 +3,15 @@ directories without training or evaluating anything (a study of many 2-hour runs
 
 A unit is *finished* (its run has a result), *training* (a process holds its run: attention/runs.py,
 holding_run), *stopped* (a checkpoint and no result: the next ``attention study run`` continues it), *not
-started*, or *waiting* for an earlier stage of its row. The time still needed is each started run's epochs
-left at its own last epoch's pace, and for a run not started its row's pace so far (any seed): an estimate
-of one worker's time, shown only where a pace is known.
+started*, *waiting* for an earlier stage of its row, or *failed* (its last trial in the study's storage
+ended with an error, shown: the next ``attention study run`` retries it). The time still needed is each
+started run's epochs left at its own last epoch's pace, and for a run not started its row's pace so far
+(any seed): an estimate of one worker's time, shown only where a pace is known.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -21,12 +23,13 @@ import torch
 from attention.runs import CHECKPOINT, METRICS, RESULT, read_json, read_metrics, run_is_busy
 from attention.study import Study, Unit, config_run_dir, unit_config
 
-FINISHED, TRAINING, STOPPED, NOT_STARTED, WAITING = (
+FINISHED, TRAINING, STOPPED, NOT_STARTED, WAITING, FAILED = (
     "finished",
     "training",
     "stopped",
     "not started",
     "waiting",
+    "failed",
 )
 
 
@@ -48,6 +51,8 @@ class UnitStatus:
     """Seconds since its metrics were last written (a stopped or training run)."""
     time_budget_s: float | None = None
     """The run's ``train.time_budget_s``, if it has one."""
+    error: str | None = None
+    """Why its last trial failed (a failed unit)."""
 
 
 def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
@@ -91,8 +96,40 @@ def unit_status(unit: Unit, runs_dir: Path) -> UnitStatus:
     )
 
 
-def study_status(study: Study, runs_dir: Path) -> list[UnitStatus]:
-    return [unit_status(unit, Path(runs_dir)) for unit in study.units()]
+def study_status(study: Study, runs_dir: Path, errors: dict[str, str] | None = None) -> list[UnitStatus]:
+    """Every unit's status; ``errors`` (unit key: error, from the study's storage: :func:`stored_errors`)
+    marks the units whose last trial failed and that no process trains now."""
+    statuses = [unit_status(unit, Path(runs_dir)) for unit in study.units()]
+    errors = errors or {}
+    return [
+        dataclasses.replace(s, state=FAILED, error=errors[s.unit.key])
+        if s.unit.key in errors and s.state in (STOPPED, NOT_STARTED)
+        else s
+        for s in statuses
+    ]
+
+
+def stored_errors(study: Study, storage: str | None) -> dict[str, str]:
+    """The errors of the study's failed units in ``storage`` (default: its own journal), or none when the
+    storage does not exist yet (nothing has run) or holds no such study."""
+    import optuna
+
+    from attention.engine import default_storage, failed_items, journal_path, open_storage
+    from attention.study_run import study_name
+
+    url = storage or default_storage(study.path)
+    journal = journal_path(url)
+    if journal is not None and not journal.is_file():
+        return {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        stored = optuna.load_study(study_name=study_name(study, False), storage=open_storage(url))
+    except KeyError:  # no such study in the storage: nothing ran
+        return {}
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return failed_items(stored)
 
 
 def seconds_left(statuses: list[UnitStatus]) -> tuple[float, int, int]:
@@ -166,13 +203,19 @@ def status_lines(study: Study, statuses: list[UnitStatus]) -> list[str]:
     for s in statuses:
         counts[s.state] = counts.get(s.state, 0) + 1
     told = ", ".join(
-        f"{counts[state]} {state}" for state in (TRAINING, STOPPED, NOT_STARTED, WAITING) if state in counts
+        f"{counts[state]} {state}"
+        for state in (TRAINING, STOPPED, FAILED, NOT_STARTED, WAITING)
+        if state in counts
     )
     lines.append("")
     lines.append(
         f"{study.path}: {counts.get(FINISHED, 0)} of {len(statuses)} units finished"
         + (f"; {told}" if told else "")
     )
+    failed = [s for s in statuses if s.state == FAILED]
+    if failed:
+        lines.append("failed (the next `attention study run` retries them, once the cause is fixed):")
+        lines += [f"  {s.unit.key}: {s.error}" for s in failed]
     lines += time_left_lines(statuses)
     return lines
 
@@ -203,4 +246,5 @@ def summary_dict(status: UnitStatus) -> dict[str, Any]:
         "seconds": status.seconds,
         "seconds_per_epoch": status.seconds_per_epoch,
         "run_dir": None if status.run_dir is None else str(status.run_dir),
+        "error": status.error,
     }

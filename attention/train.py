@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attention import AttentionError
-from attention.build import compiled_part, make_model, pick_device, resolve_config, training_unroll
+from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config, config_hash, to_dict
 from attention.linear import kernel_report
 from attention.runs import (
@@ -43,17 +43,6 @@ from attention.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-# re-exported: callers of the trainer's building blocks found them here before build.py existed
-__all__ = [
-    "Checkpoint",
-    "compiled_part",
-    "fit",
-    "make_model",
-    "make_optimizer",
-    "pick_device",
-    "resolve_config",
-    "training_unroll",
-]
 # How often (in steps) the progress bar's loss and error are refreshed.
 PROGRESS_EVERY = 25
 
@@ -222,6 +211,78 @@ def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def checkpoint_record(
+    *,
+    model: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    best_model: dict[str, torch.Tensor],
+    task_state: dict[str, Any],
+    sample_generator: torch.Generator,
+    state: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """What a run's ``checkpoint.pt`` holds. ``fit`` and a population's trials (attention/population_train.py)
+    both write it here, so either can resume a run the other stopped."""
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "best_model": best_model,
+        **task_state,  # the task's random streams, at the top level
+        "sample_generator": sample_generator.get_state(),
+        "state": state,
+        "device_type": device.type,
+    }
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint written by :func:`checkpoint_record`, loaded weights-only, refused on another kind of
+    device than the one that wrote it (its random streams belong to that device)."""
+    saved = safe_load(path, map_location=device)
+    if saved.get("device_type", "cpu") != device.type:
+        raise AttentionError(
+            f"{path} was written on {saved.get('device_type')}; resume it with "
+            f"--device {saved.get('device_type')} (its random streams belong to that device)"
+        )
+    return saved
+
+
+def result_record(
+    *,
+    config: Config,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    evaluation: dict[str, Any],
+    selection: dict[str, Any],
+    epochs_budget: int,
+    identity: str,
+    revision: str | None,
+    init_digest: str | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """A finished run's ``result.json`` (``fit``'s and a population trial's): its evaluation, its best
+    validation number (``selection``, the task's) and how it was trained."""
+    t = config.train
+    return {
+        **evaluation,
+        "config_hash": identity,
+        "seed": t.seed,
+        "model": config.model.name,
+        "epochs_run": state["epoch"],
+        "epochs_budget": epochs_budget,
+        "time_budget_s": t.time_budget_s,
+        "stopped_because": state["stopped"] or "epochs",
+        "best_epoch": state["best_epoch"],
+        **selection,
+        "train_seconds": state["train_seconds"],
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "git_revision": revision,
+        "init_from_sha256": init_digest,
+        "kernel": kernel_report(),  # which linear kernel ran, chosen by measurement on this CPU
+    }
+
+
 class Checkpoint:
     """Everything a run carries from epoch to epoch, saved and restored in one place: the weights, the
     optimizer, the best weights so far, the policies' sampling stream, the task's own streams (training data
@@ -250,24 +311,19 @@ class Checkpoint:
     def save(self) -> None:
         atomic_torch_save(
             self.path,
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "best_model": self.best_weights,
-                **self.task.state_dict(),
-                "sample_generator": self.sample_generator.get_state(),
-                "state": self.state,
-                "device_type": self.device.type,
-            },
+            checkpoint_record(
+                model=self.model.state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                best_model=self.best_weights,
+                task_state=self.task.state_dict(),
+                sample_generator=self.sample_generator,
+                state=self.state,
+                device=self.device,
+            ),
         )
 
     def restore(self) -> None:
-        saved = safe_load(self.path, map_location=self.device)
-        if saved.get("device_type", "cpu") != self.device.type:
-            raise AttentionError(
-                f"{self.path} was written on {saved.get('device_type')}; resume it with "
-                f"--device {saved.get('device_type')} (its random streams belong to that device)"
-            )
+        saved = read_checkpoint(self.path, self.device)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best_weights = saved["best_model"]
@@ -358,28 +414,21 @@ def _final_result(
     run_dir: Path,
 ) -> dict[str, Any]:
     """Load the best weights, save them as the run's weights, evaluate them once and write result.json."""
-    model, state, t, task = checkpoint.model, checkpoint.state, config.train, checkpoint.task
+    model, state, task = checkpoint.model, checkpoint.state, checkpoint.task
     model.load_state_dict(checkpoint.best_weights)
     atomic_torch_save(run_dir / WEIGHTS, checkpoint.best_weights)
-    result = {
-        **task.evaluate(model),
-        "config_hash": identity,
-        "seed": t.seed,
-        "model": config.model.name,
-        "epochs_run": state["epoch"],
-        "epochs_budget": task.num_epochs,
-        "time_budget_s": t.time_budget_s,
-        "stopped_because": state["stopped"] or "epochs",
-        "best_epoch": state["best_epoch"],
-        **task.selection_result(state["best_error"]),
-        "train_seconds": state["train_seconds"],
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "device": str(checkpoint.device),
-        "torch_version": torch.__version__,
-        "git_revision": revision,
-        "init_from_sha256": init_digest,
-        "kernel": kernel_report(),  # which linear kernel ran, chosen by measurement on this CPU
-    }
+    result = result_record(
+        config=config,
+        model=model,
+        state=state,
+        evaluation=task.evaluate(model),
+        selection=task.selection_result(state["best_error"]),
+        epochs_budget=task.num_epochs,
+        identity=identity,
+        revision=revision,
+        init_digest=init_digest,
+        device=checkpoint.device,
+    )
     write_json(run_dir / RESULT, result)
     return result
 

@@ -202,7 +202,7 @@ def test_processes_trained_together_report_their_images_per_second_over_the_wind
 def test_layout_rows_split_the_cores_into_processes_times_threads(monkeypatch):
     from attention import bench_layouts
 
-    monkeypatch.setattr(bench_layouts, "cores", lambda: 4)
+    monkeypatch.setattr(bench_layouts, "usable_cores", lambda: 4)
     calls = []
 
     def fake_together(prepare, jobs, *, warmup_steps, window_s):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from attention.build import resolve_config
 from attention.config import Config, to_dict
 from attention.report.curves import (
     LEVELLED,
@@ -15,7 +16,6 @@ from attention.report.curves import (
 from attention.report.study_report import RowResult, SeedResult, curve_lines, seed_curve, target_text
 from attention.runs import write_json, write_metrics
 from attention.study import Row
-from attention.train import resolve_config
 
 
 def rows(validation: list[float], train: list[float] | None = None) -> list[dict]:

@@ -24,6 +24,7 @@ from attention.runs import CHECKPOINT, RESULT, read_metrics
 from attention.search import draws, load_search, run_search
 from attention.study import Unit, load_study, unit_config, unit_run
 from attention.study_run import run_study
+from attention.study_status import FAILED, FINISHED, stored_errors, study_status
 
 TINY = '"data.train_limit" = 256, "data.eval_limit" = 100, "train.batch_size" = 64, "model.num_glimpses" = 2'
 
@@ -99,6 +100,8 @@ def test_search_report_writes_the_best_recipe_that_train_accepts(mnist_dir, tmp_
     from attention.search_report import write_search_report
 
     _, search_file = write_files(tmp_path, epochs=1, trials=2)
+    with search_file.open("a") as text:  # a choice beside the two ranges
+        text.write('[space."model.core.name"]\nchoices = ["rnn", "lstm"]\n')
     storage = f"journal:{tmp_path / 'search.journal'}"
     run_search(search_file, workers=1, storage=storage, runs_dir=tmp_path / "runs", data_dir=mnist_dir)
     written = write_search_report(search_file, storage=storage, out_dir=tmp_path / "report")
@@ -107,6 +110,11 @@ def test_search_report_writes_the_best_recipe_that_train_accepts(mnist_dir, tmp_
     config = with_overrides(Config(), recipe)
     assert config.train.learning_rate == best.params["train.learning_rate"]
     assert config.model.where.std == best.params["model.where.std"]
+    assert config.model.core.name == best.params["model.core.name"]
+    assert (
+        f"model.core.name = {best.params['model.core.name']}"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
     assert config.train.epochs == Config().train.epochs  # the search's short budget is not in the recipe
     assert all(path.stat().st_size > 0 for path in written)
 
@@ -128,10 +136,33 @@ def test_a_study_finishes_every_unit_once_and_its_report_pairs_rows(mnist_dir, t
     assert stage_one != stage_two
     written = write_study_report(study_file, runs_dir=runs, out_dir=tmp_path / "report", data_dir=mnist_dir)
     text = (tmp_path / "report" / "report.md").read_text()
-    assert "| one stage |" in text and "pooled" in text and "1 + 1" in text
+    assert "| one stage |" in text and "A right more often" in text and "1 + 1" in text
     assert any(p.suffix == ".csv" for p in written) and any(p.suffix == ".png" for p in written)
     run_study(study_file, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False)
     assert len(trials_of(storage, "tiny-study")) == 6  # nothing retrained
+
+
+def test_a_unit_that_fails_fails_the_command_and_the_next_command_retries_it(mnist_dir, tmp_path):
+    study_file = tmp_path / "one.toml"
+    study_file.write_text(
+        f'title = "one"\nseeds = [0]\nbudget = {{ "train.epochs" = 1, {TINY} }}\n'
+        '[evaluation]\ndraws = 1\n[[row]]\nlabel = "only"\nset = { "data.task" = "mnist" }\n'
+    )
+    storage, runs = f"journal:{tmp_path / 'one.journal'}", tmp_path / "runs"
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    options = {"workers": 1, "storage": storage, "runs_dir": runs, "progress": False, "device": "cpu"}
+    with pytest.raises(AttentionError, match=r"1 trial\(s\) failed: one.toml: only \| seed 0 .*run the same"):
+        run_study(study_file, data_dir=empty, **options)
+    assert [t.state for t in trials_of(storage, "one")] == [TrialState.FAIL]  # failed once, not looped on
+    study = load_study(study_file)
+    [status] = study_status(study, runs, stored_errors(study, storage))
+    assert status.state == FAILED and str(empty) in status.error  # the error names the folder searched
+    [summary] = run_study(study_file, data_dir=mnist_dir, **options)  # the cause fixed: retried
+    assert summary["finished"] == 1
+    assert [t.state for t in trials_of(storage, "one")] == [TrialState.FAIL, TrialState.COMPLETE]
+    [status] = study_status(study, runs, stored_errors(study, storage))
+    assert status.state == FINISHED and status.error is None
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -275,6 +306,10 @@ def test_two_workers_share_one_study_through_postgresql(mnist_dir, tmp_path, pos
         ('[space."train.learning_rate"]\nlow = 0.0\nhigh = 1e-2\nlog = true', "must exclude zero"),
         ('[space."train.no_such_field"]\nlow = 1.0\nhigh = 2.0', "unknown config key 'train.no_such_field'"),
         ('[space."train.learning_rate"]\nlow = 1e-2\nhigh = 1e-4', "low < high"),
+        # values that only building the model refuses: in the fixed settings, a choice, a range's end
+        ('set = { "model.reader.name" = "nope" }', "unknown reader 'nope'"),
+        ('[space."model.core.name"]\nchoices = ["lstm", "gru"]', "unknown core 'gru'"),
+        ('[space."model.where.std"]\nlow = -0.1\nhigh = 0.3', r"'model.where.std' = -0.1: .*must be > 0"),
     ],
 )
 def test_a_malformed_search_is_refused_in_one_line_naming_file_and_key(tmp_path, change, message):
@@ -519,3 +554,80 @@ def test_a_worker_resolves_each_ready_units_run_once_and_a_later_stage_once_its_
     later = Unit(first_stage.row, 0, 1)
     assert queued == [later.key]  # its config names the finished first stage's run
     assert work.storage.get_trial(claim(work.study, work.storage)._trial_id).user_attrs[KEY] == later.key
+
+
+def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(monkeypatch, tmp_path):
+    import torch
+
+    from attention.engine import default_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers("cpu") == (cores, ["cpu"] * cores, 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_workers("auto") == (cores, ["cpu"] * cores, 1)
+    with pytest.raises(AttentionError, match="CUDA is not available; use --device cpu"):
+        default_workers("cuda:1")
+    study_file, _ = write_files(tmp_path)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    with pytest.raises(AttentionError, match="CUDA is not available"):
+        run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", device="cuda", progress=False)
+    assert not (tmp_path / "study.journal").exists() and not (tmp_path / "runs").exists()  # nothing queued
+    # on a machine with two GPUs: one worker each, or one worker on the GPU named
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_workers("cuda") == (2, ["cuda:0", "cuda:1"], 1)
+    assert default_workers("auto") == (2, ["cuda:0", "cuda:1"], 1)
+    assert default_workers("cuda:1") == (1, ["cuda:1"], 1)
+
+
+def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_runs_folder(
+    mnist_dir, tmp_path, monkeypatch
+):
+    study_file, _ = write_files(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where results/runs would be
+    storage = f"journal:{tmp_path / 'smoke.journal'}"
+    [summary] = run_study(study_file, smoke=True, storage=storage, data_dir=mnist_dir, progress=False)
+    assert summary["finished"] == summary["units"] > 0
+    assert summary["storage"] == storage
+    assert Path(summary["runs_dir"]).parent.name.startswith("attention-smoke-")  # its scratch folder
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["data", "show", "--task", "mnist", "--count", "0"],
+        ["data", "show", "--task", "mnist", "--count", "-3"],
+        ["report", "glimpses", "run", "--out", "x.png", "--count", "0"],
+        ["study", "run", "x.toml", "--heartbeat-s", "0"],
+        ["search", "x.toml", "--stale-after-s", "nan"],
+    ],
+)
+def test_the_cli_refuses_counts_and_intervals_that_are_not_positive(args, capsys):
+    from attention.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(args)
+    assert exit.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_a_stale_limit_within_two_heartbeats_is_refused_before_anything_is_queued(tmp_path):
+    study_file, _ = write_files(tmp_path)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    with pytest.raises(AttentionError, match="more than twice --heartbeat-s"):
+        run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", heartbeat_s=30, stale_after_s=60)
+    assert not (tmp_path / "study.journal").exists()
+
+
+@pytest.mark.parametrize("document", [None, "# results\n\nno markers here\n"])
+def test_a_report_into_a_document_it_cannot_update_is_refused_before_anything_is_written(tmp_path, document):
+    from attention.report.study_report import write_study_report
+
+    study_file, _ = write_files(tmp_path)
+    into = tmp_path / "results.md"
+    if document is not None:
+        into.write_text(document)
+    with pytest.raises(AttentionError, match="does not exist|needs the lines"):
+        write_study_report(study_file, runs_dir=tmp_path / "runs", out_dir=tmp_path / "report", into=into)
+    assert not (tmp_path / "report").exists()
+    assert into.read_text() == document if document is not None else not into.exists()

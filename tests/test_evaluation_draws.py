@@ -2,11 +2,11 @@
 
 import torch
 
+from attention.build import make_model, resolve_config
 from attention.config import Config, with_overrides
 from attention.data.tasks import FixedSet
 from attention.evaluate import error_pct
 from attention.report.evaluation import evaluate_draws, unpack
-from attention.train import make_model, resolve_config
 
 
 def tiny_set(count: int = 64) -> FixedSet:
@@ -82,3 +82,27 @@ def test_a_run_without_weights_reports_its_recorded_single_pass_and_nothing_else
     assert own["mean_error_pct"] == 27.0 and own["draws"] == 1 and own["weights_kept"] is False
     assert own["first_draw_correct"] is None and own["averaged_error_pct"] is None
     assert run_evaluation(Path(run), test_seed=3, draws=10, cache_dir=tmp_path / "cache") is None
+
+
+def test_the_cache_drops_what_another_cache_version_measured(mnist_dir, tmp_path):
+    from pathlib import Path
+
+    from attention.config import to_dict
+    from attention.report.evaluation import CACHE_VERSION, run_evaluation
+    from attention.runs import WEIGHTS, read_json, write_json
+
+    overrides = {"data.task": "mnist", "data.eval_limit": 50, "model.num_glimpses": 1}
+    config = resolve_config(with_overrides(Config(), overrides))
+    run = tmp_path / "untrained"
+    run.mkdir()
+    write_json(run / "config.json", to_dict(config))
+    torch.save(make_model(config, torch.device("cpu")).state_dict(), run / WEIGHTS)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = {"test seed 9, 2 draws": {"mean_error_pct": 0.0}}
+    write_json(cache / f"{run.name}.json", {"version": CACHE_VERSION - 1, "evaluations": stale})
+    fresh = run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)
+    stored = read_json(cache / f"{run.name}.json")
+    assert stored["version"] == CACHE_VERSION
+    assert list(stored["evaluations"]) == [f"test seed {config.data.test_seed}, 2 draws"]
+    assert stored["evaluations"][f"test seed {config.data.test_seed}, 2 draws"] == fresh

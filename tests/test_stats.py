@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from attention.report.stats import mcnemar_exact, seed_summary, where_paper_falls
+from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
 
 
 def test_seed_summary_is_the_mean_the_sample_sd_and_the_t_interval():
@@ -35,6 +35,23 @@ def test_mcnemar_of_identical_predictions_is_one_and_needs_equal_lengths():
     assert mcnemar_exact(same, same).p_value == 1.0
     with pytest.raises(ValueError):
         mcnemar_exact(same, same[:2])
+
+
+def test_the_pooled_test_counts_each_image_once_however_many_seed_pairs_agree_on_it():
+    a = np.array([1, 1, 1, 1, 1, 0, 1, 0], bool)
+    b = np.array([0, 0, 0, 0, 1, 1, 1, 0], bool)
+    one = pooled_sign_test([a], [b])
+    assert one == mcnemar_exact(a, b)  # one pair: McNemar's exact test
+    # three seeds that agree image for image are no more evidence than one: the same counts and p-value
+    # (joining them as 24 images would give 12 vs 3, p = 0.035)
+    assert pooled_sign_test([a, a, a], [b, b, b]) == one
+    # per image, A's right answers over the pairs minus B's: +2, -1, 0 (ties drop out), +1
+    a2 = [np.array([1, 0, 1, 1], bool), np.array([1, 0, 0, 1], bool)]
+    b2 = [np.array([0, 1, 0, 0], bool), np.array([0, 0, 1, 1], bool)]
+    result = pooled_sign_test(a2, b2)
+    assert (result.only_a, result.only_b) == (2, 1) and result.p_value == 1.0
+    with pytest.raises(ValueError):
+        pooled_sign_test([a], [b, b])
 
 
 def test_where_the_paper_falls():

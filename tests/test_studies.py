@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from attention import AttentionError
+from attention.build import resolve_config
 from attention.config import tomllib
 from attention.runs import CONFIG, find_run
-from attention.search import draws, load_search
+from attention.search import SMOKE_TRIALS, draws, load_search
 from attention.study import load_study, unit_run
-from attention.train import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "studies"
@@ -39,8 +39,10 @@ def test_study_file_loads_and_so_does_its_smoke_variant(path, monkeypatch):
 
 @pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.stem)
 def test_search_file_loads_and_so_does_its_smoke_variant(path):
-    assert draws(load_search(path))
-    assert draws(load_search(path, smoke=True))
+    search, smoke = load_search(path), load_search(path, smoke=True)
+    assert len(draws(search)) == search.trials >= 1
+    assert len(draws(smoke)) == smoke.trials == min(search.trials, SMOKE_TRIALS)
+    assert len({tuple(sorted(d.items())) for d in draws(search)}) == search.trials  # no draw twice
 
 
 @functools.cache

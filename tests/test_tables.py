@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 
 from attention import AttentionError
+from attention.build import resolve_config
 from attention.config import Config, config_hash, load_toml, to_dict, with_overrides
 from attention.report.tables import results_table
 from attention.runs import write_json
-from attention.train import resolve_config
 
 
 def fake_run(runs_dir: Path, config: Config, error: float) -> Path:

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from attention import AttentionError
+from attention.build import resolve_config
 from attention.config import Config, with_overrides
 from attention.evaluate import evaluate_run
 from attention.runs import CHECKPOINT, CONFIG, METRICS, RESULT, WEIGHTS, read_metrics
-from attention.train import fit, resolve_config
+from attention.train import fit
 
 SMOKE = {
     "data.train_limit": 512,
@@ -343,7 +344,8 @@ def test_init_from_starts_a_run_from_another_runs_weights(mnist_dir, tmp_path):
     assert source["init_from_sha256"] is None
     # another task and seed, same shapes: the retina's weights do not depend on the image size
     config = smoke(**{"train.epochs": 1, "train.seed": 5, "data.task": "translated", "data.canvas_size": 40})
-    from attention.train import load_initial_weights, make_model
+    from attention.build import make_model
+    from attention.train import load_initial_weights
 
     model = make_model(resolve_config(config), torch.device("cpu"))
     digest = load_initial_weights(model, tmp_path / "a", torch.device("cpu"))
@@ -373,8 +375,8 @@ def test_init_from_a_model_of_other_shapes_or_nothing_is_refused_before_anything
 
 @pytest.mark.slow
 def test_compiled_unroll_of_a_soft_reader_gives_the_eager_loss_and_gradients():
+    from attention.build import make_model, training_unroll
     from attention.losses import hybrid
-    from attention.train import make_model, training_unroll
 
     config = resolve_config(
         with_overrides(
@@ -419,7 +421,7 @@ def test_compiled_unroll_of_a_soft_reader_gives_the_eager_loss_and_gradients():
 
 def test_a_stochastic_model_keeps_the_eager_unroll_under_compile():
     # its sampling generator breaks a compiled graph: only the retina's sensor is compiled (make_model)
-    from attention.train import make_model, training_unroll
+    from attention.build import make_model, training_unroll
 
     config = resolve_config(with_overrides(Config(), {"model.num_glimpses": 2, "train.compile": False}))
     model = make_model(config, torch.device("cpu"))

@@ -93,9 +93,9 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """The protocol's numbers for one run on one test set (``test_seed`` None: the run's own), from the
     cache in ``cache_dir`` when present, else measured from the run's weights and cached."""
+    from attention.build import pick_device
     from attention.runs import load_run_config
     from attention.tasks import TASKS
-    from attention.train import pick_device
 
     config = load_run_config(run_dir)
     data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
@@ -121,7 +121,9 @@ def run_evaluation(
         "averaged_error_pct": measured["averaged_error_pct"],
         "first_draw_correct": _pack(measured["first_correct"]),
     }
-    stored = {"version": CACHE_VERSION, "run": str(run_dir), "evaluations": stored.get("evaluations", {})}
+    # entries of another cache version were measured another way: they are dropped, not carried over
+    kept = stored.get("evaluations", {}) if stored.get("version") == CACHE_VERSION else {}
+    stored = {"version": CACHE_VERSION, "run": str(run_dir), "evaluations": kept}
     stored["evaluations"][key] = entry
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_json(cache, stored)

@@ -68,3 +68,23 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
     discordant = only_a + only_b
     p = 1.0 if discordant == 0 else float(stats.binomtest(only_a, discordant, 0.5).pvalue)
     return McNemar(only_a, only_b, p)
+
+
+def pooled_sign_test(a_correct: Sequence[np.ndarray], b_correct: Sequence[np.ndarray]) -> McNemar:
+    """Two recipes compared over several pairs of models (one per seed) on the same images, the image as
+    the unit: for each image, how many of A's models got it right minus how many of B's; ``only_a`` counts
+    the images where A's were right more often, ``only_b`` where B's were, and the p-value is the two-sided
+    sign test of those counts. Images are independent; the pairs of models are not, since a hard image is
+    hard for every seed, so joining the pairs' images as if they were new images (one McNemar test on the
+    concatenation) would overstate the evidence. With one pair this is McNemar's exact test."""
+    if len(a_correct) != len(b_correct) or not a_correct:
+        raise ValueError("the pooled test needs one result of A and one of B per pair, at least one pair")
+    a = np.stack([np.asarray(bits, bool) for bits in a_correct]).astype(int)
+    b = np.stack([np.asarray(bits, bool) for bits in b_correct]).astype(int)
+    if a.shape != b.shape:
+        raise ValueError("the pooled test needs every model's results on the same images")
+    difference = (a - b).sum(axis=0)
+    more_a, more_b = int(np.sum(difference > 0)), int(np.sum(difference < 0))
+    untied = more_a + more_b
+    p = 1.0 if untied == 0 else float(stats.binomtest(more_a, untied, 0.5).pvalue)
+    return McNemar(more_a, more_b, p)

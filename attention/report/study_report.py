@@ -21,7 +21,7 @@ import numpy as np
 from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import run_evaluation, unpack
-from attention.report.stats import mcnemar_exact, seed_summary, where_paper_falls
+from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
 from attention.runs import RESULT, read_json, read_metrics
 from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
 
@@ -165,7 +165,8 @@ def columns(independent_seeds: tuple[int, ...], *, targets: bool = False) -> lis
 def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
     """McNemar's exact test for each declared pair on the fixed test set's first draw: the same images, so
     any two finished models pair. Seeds are matched where both rows have them, else paired in order; the
-    test is given per pair of models and pooled over them."""
+    test is given per pair of models, and pooled over the pairs image by image (a sign test:
+    :func:`attention.report.stats.pooled_sign_test`)."""
     by_label = {r.row.label: r for r in rows}
     out = []
     for a_label, b_label, why in study.compare:
@@ -197,13 +198,15 @@ def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
             cells["result"] = "weights not kept: no paired test"
             out.append(cells)
             continue
-        pooled = mcnemar_exact(np.concatenate(a_bits), np.concatenate(b_bits))
+        pooled = pooled_sign_test(a_bits, b_bits)
         cells["result"] = "; ".join(
             f"{name}: only A right {t.only_a}, only B right {t.only_b}, p = {t.p_value:.3g}"
             for name, t in tests
         )
         cells["pooled"] = (
-            f"only A right {pooled.only_a}, only B right {pooled.only_b}, p = {pooled.p_value:.3g}"
+            f"A right more often {pooled.only_a}, B {pooled.only_b}, p = {pooled.p_value:.3g}"
+            if len(tests) > 1
+            else "one pair: as per seed"
         )
         out.append(cells)
     return out
@@ -236,7 +239,9 @@ def markdown(
         lines += [
             "",
             "McNemar's exact test on the same test images (first evaluation draw), per pair of models "
-            "(seeds A/B) and pooled over the pairs:",
+            "(seeds A/B): the images only A got right and only B got right. Pooled over the pairs, image "
+            "by image: the images A's models got right more often than B's and the reverse, with the sign "
+            "test of those counts (each image counts once, however many seeds agree on it):",
             "",
             "| A | B | per seed | pooled | why |",
             "| --- | --- | --- | --- | --- |",
@@ -394,6 +399,12 @@ def write_study_report(
     from attention.runs import atomic_write_bytes
 
     study = load_study(study_file, smoke=smoke)
+    if into is not None:  # refuse a document it cannot update before evaluating or writing anything
+        if not into.is_file():
+            raise AttentionError(
+                f"{into} does not exist: --into updates a document that has the study's markers"
+            )
+        replace_section(into.read_text(), study.name, "")
     out_dir = out_dir or study_folder(study.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect(study, Path(runs_dir), cache_dir=out_dir / "evaluations", data_dir=data_dir, device=device)
@@ -405,10 +416,6 @@ def write_study_report(
     atomic_write_bytes(table, csv_text(study, rows).encode())
     written = [report, table, *figures.values()]
     if into is not None:
-        if not into.is_file():
-            raise AttentionError(
-                f"{into} does not exist: --into updates a document that has the study's markers"
-            )
         section = markdown(study, rows, pairs, figures, into.parent)
         atomic_write_bytes(into, replace_section(into.read_text(), study.name, section).encode())
         written.append(into)
@@ -425,7 +432,8 @@ def replace_section(document: str, name: str, section: str) -> str:
     begin, end = markers(name)
     if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
         raise AttentionError(
-            f"the document needs the lines '{begin}' and '{end}' once each, around where the study goes"
+            f"the document needs the lines '{begin}' and '{end}' once each, in that order, around where "
+            "the study goes: add them"
         )
     head, rest = document.split(begin, 1)
     _, tail = rest.split(end, 1)

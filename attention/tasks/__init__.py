@@ -36,6 +36,10 @@ from attention.registry import Registry
 
 TASKS = Registry("task")
 
+EVALUATION_SEED_OFFSET = 7919
+"""Offset between a test seed (of images, or of games) and the seed of the evaluation's own random stream
+(sampled locations, the policies playing the games), so the two never share a stream by accident."""
+
 
 def _register() -> None:
     from attention.tasks.catch import CatchTask

@@ -23,11 +23,10 @@ from attention.envs.catch import MIN_SIZE, NUM_ACTIONS, Catch
 from attention.heads import WHERE_HEADS
 from attention.losses import LossTerms, game
 from attention.rollout import Rollout
+from attention.tasks import EVALUATION_SEED_OFFSET
 
 SCREEN_SIZE = 24  # the paper's 24 x 24 screen
-# Offset between a seed of games and the seed of the policies' random stream playing them, so the two never
-# share a stream by accident (as the image tasks' sampling offset).
-POLICY_SEED_OFFSET = 7919
+POLICY_SEED_OFFSET = EVALUATION_SEED_OFFSET  # the policies' stream playing a seed's games
 
 
 def play(model: torch.nn.Module, env: Catch, *, sample: bool, generator: torch.Generator | None) -> Rollout:

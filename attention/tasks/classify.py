@@ -24,10 +24,9 @@ from attention.config import Config
 from attention.data.mnist import Mnist, load_mnist
 from attention.data.tasks import FixedSet, TrainingStream, fixed_set, resolve, to_float
 from attention.losses import LossTerms, hybrid
+from attention.tasks import EVALUATION_SEED_OFFSET
 
-# Offset between the test seed and the seed of the sampled-evaluation generator, so the two never share a
-# stream by accident.
-SAMPLING_SEED_OFFSET = 7919
+SAMPLING_SEED_OFFSET = EVALUATION_SEED_OFFSET  # the sampled evaluation's locations
 
 
 @torch.no_grad()
