@@ -63,11 +63,14 @@ def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
     a_correct, b_correct = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
     if a_correct.shape != b_correct.shape:
         raise ValueError("McNemar's test needs both models' results on the same images")
-    only_a = int(np.sum(a_correct & ~b_correct))
-    only_b = int(np.sum(~a_correct & b_correct))
-    discordant = only_a + only_b
-    p = 1.0 if discordant == 0 else float(stats.binomtest(only_a, discordant, 0.5).pvalue)
-    return McNemar(only_a, only_b, p)
+    return _sign_test(int(np.sum(a_correct & ~b_correct)), int(np.sum(~a_correct & b_correct)))
+
+
+def _sign_test(for_a: int, for_b: int) -> McNemar:
+    """The two-sided exact binomial test of ``for_a`` out of ``for_a + for_b`` against 1/2."""
+    untied = for_a + for_b
+    p = 1.0 if untied == 0 else float(stats.binomtest(for_a, untied, 0.5).pvalue)
+    return McNemar(for_a, for_b, p)
 
 
 def pooled_sign_test(a_correct: Sequence[np.ndarray], b_correct: Sequence[np.ndarray]) -> McNemar:
@@ -84,7 +87,4 @@ def pooled_sign_test(a_correct: Sequence[np.ndarray], b_correct: Sequence[np.nda
     if a.shape != b.shape:
         raise ValueError("the pooled test needs every model's results on the same images")
     difference = (a - b).sum(axis=0)
-    more_a, more_b = int(np.sum(difference > 0)), int(np.sum(difference < 0))
-    untied = more_a + more_b
-    p = 1.0 if untied == 0 else float(stats.binomtest(more_a, untied, 0.5).pvalue)
-    return McNemar(more_a, more_b, p)
+    return _sign_test(int(np.sum(difference > 0)), int(np.sum(difference < 0)))
