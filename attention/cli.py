@@ -275,6 +275,7 @@ def cmd_study_run(args: argparse.Namespace) -> None:
 
 
 def cmd_study_status(args: argparse.Namespace) -> None:
+    from attention.runs import DEFAULT_RUNS_DIR
     from attention.study import load_study
     from attention.study_status import (
         status_lines,
@@ -284,10 +285,11 @@ def cmd_study_status(args: argparse.Namespace) -> None:
         time_left_lines,
     )
 
+    runs_dir = Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR
     everything = []
     for number, file in enumerate(args.files):
         study = load_study(file)
-        statuses = study_status(study, Path(args.runs_dir), stored_errors(study, args.storage))
+        statuses = study_status(study, runs_dir, stored_errors(study, args.storage))
         everything += statuses
         if args.json:
             print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
@@ -301,10 +303,11 @@ def cmd_study_status(args: argparse.Namespace) -> None:
 
 def cmd_study_report(args: argparse.Namespace) -> None:
     from attention.report.study_report import write_study_report
+    from attention.runs import DEFAULT_RUNS_DIR
 
     written = write_study_report(
         Path(args.file),
-        runs_dir=Path(args.runs_dir),
+        runs_dir=Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR,
         out_dir=Path(args.out_dir) if args.out_dir else None,
         into=Path(args.into) if args.into else None,
         data_dir=args.data_dir,
@@ -487,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="each unit's state (finished, training, stopped, not started), epochs and time left"
     )
     study_status.add_argument("files", nargs="+", metavar="file")
-    study_status.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_status.add_argument("--runs-dir", help="where the study's runs are (default: results/runs)")
     study_status.add_argument(
         "--storage", help="where its trials are recorded, for failed units (default: the study's journal)"
     )
@@ -497,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="Markdown and CSV tables (seed means, intervals, McNemar tests) and figures"
     )
     study_report.add_argument("file")
-    study_report.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_report.add_argument("--runs-dir", help="where the study's runs are (default: results/runs)")
     study_report.add_argument("--out-dir", help="where to write (default: results/studies/<name>)")
     study_report.add_argument("--into", help="also replace the study's section in this Markdown document")
     data_dir(study_report)
