@@ -265,11 +265,14 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_study_run(args: argparse.Namespace) -> None:
+    from attention.study import Selection
     from attention.study_run import run_study
 
-    for summary in run_study(args.files, **_engine_options(args)):
+    selection = Selection(tuple(args.row or ()), tuple(args.seed or ()))
+    chosen = " chosen" if selection != Selection() else ""
+    for summary in run_study(args.files, selection=selection, **_engine_options(args)):
         print(
-            f"study {summary['file']}: {summary['finished']} of {summary['units']} runs finished "
+            f"study {summary['file']}: {summary['finished']} of {summary['units']}{chosen} runs finished "
             f"(storage {summary['storage']}, runs in {summary['runs_dir']})"
         )
 
@@ -344,6 +347,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
     return value
 
 
@@ -484,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
         "worker going on to the next file when it can claim nothing more in the earlier ones",
     )
     study_run.add_argument("files", nargs="+", metavar="file")
+    study_run.add_argument(
+        "--row",
+        action="append",
+        metavar="TEXT",
+        help="train only the rows whose label contains TEXT (repeat for more; default: every row)",
+    )
+    study_run.add_argument(
+        "--seed",
+        action="append",
+        type=_non_negative_int,
+        metavar="N",
+        help="train only seed N of each row (repeat for more; default: every seed)",
+    )
     engine(study_run)
     study_run.set_defaults(func=cmd_study_run)
     study_status = study_commands.add_parser(

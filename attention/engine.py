@@ -305,6 +305,10 @@ class WorkerSpec:
     poll_s: float = 5.0
     population: int = 1
     """A search's trials trained together by each worker, as one population (attention/population.py)."""
+    rows: tuple[str, ...] = ()
+    """A study run limited to the rows whose label contains one of these (attention/study.py: Selection)."""
+    seeds: tuple[int, ...] = ()
+    """A study run limited to these seeds."""
     started: float | None = None
     """When the command started (``time.time()``): items that failed with an error before it are retried,
     those that fail after it are not (they would fail again), and are reported at its end."""
@@ -326,6 +330,18 @@ class Work:
     training: it would only wait for it)."""
     first: Callable[[optuna.trial.FrozenTrial], bool] | None = None
     """Which waiting trials to claim before the others (a study's stopped runs: finish what was started)."""
+    wanted: Callable[[optuna.trial.FrozenTrial], bool] | None = None
+    """Which of the file's trials this command works on at all (a study run limited to some rows or
+    seeds); None: every one. The others are neither claimed nor waited for."""
+
+    def claimable(self, trial: optuna.trial.FrozenTrial) -> bool:
+        return (self.wanted is None or self.wanted(trial)) and (self.accept is None or self.accept(trial))
+
+    def active(self) -> bool:
+        """Whether a trial this command works on waits or runs (it may need this worker yet)."""
+        states = (TrialState.RUNNING, TrialState.WAITING)
+        trials = self.study.get_trials(deepcopy=False, states=states)
+        return any(self.wanted is None or self.wanted(trial) for trial in trials)
 
 
 def _work(spec: WorkerSpec) -> Work:
@@ -376,11 +392,10 @@ def next_trial(works: list[Work]) -> tuple[Work, optuna.Trial] | None:
             with storage_lock(work.spec.storage, work.storage):
                 reap_stale(work.study, work.storage, work.spec.stale_after_s)
                 work.refill()
-            trial = claim(work.study, work.storage, work.accept, work.first)
+            trial = claim(work.study, work.storage, work.claimable, work.first)
             if trial is not None:
                 return work, trial
-        active = (TrialState.RUNNING, TrialState.WAITING)
-        if not any(work.study.get_trials(deepcopy=False, states=active) for work in works):
+        if not any(work.active() for work in works):
             return None
         time.sleep(works[0].spec.poll_s)
 
