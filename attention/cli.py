@@ -265,16 +265,20 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_study_run(args: argparse.Namespace) -> None:
+    from attention.study import Selection
     from attention.study_run import run_study
 
-    for summary in run_study(args.files, **_engine_options(args)):
+    selection = Selection(tuple(args.row or ()), tuple(args.seed or ()))
+    chosen = " chosen" if selection != Selection() else ""
+    for summary in run_study(args.files, selection=selection, **_engine_options(args)):
         print(
-            f"study {summary['file']}: {summary['finished']} of {summary['units']} runs finished "
+            f"study {summary['file']}: {summary['finished']} of {summary['units']}{chosen} runs finished "
             f"(storage {summary['storage']}, runs in {summary['runs_dir']})"
         )
 
 
 def cmd_study_status(args: argparse.Namespace) -> None:
+    from attention.runs import DEFAULT_RUNS_DIR
     from attention.study import load_study
     from attention.study_status import (
         status_lines,
@@ -284,10 +288,11 @@ def cmd_study_status(args: argparse.Namespace) -> None:
         time_left_lines,
     )
 
+    runs_dir = Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR
     everything = []
     for number, file in enumerate(args.files):
         study = load_study(file)
-        statuses = study_status(study, Path(args.runs_dir), stored_errors(study, args.storage))
+        statuses = study_status(study, runs_dir, stored_errors(study, args.storage))
         everything += statuses
         if args.json:
             print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
@@ -301,10 +306,11 @@ def cmd_study_status(args: argparse.Namespace) -> None:
 
 def cmd_study_report(args: argparse.Namespace) -> None:
     from attention.report.study_report import write_study_report
+    from attention.runs import DEFAULT_RUNS_DIR
 
     written = write_study_report(
         Path(args.file),
-        runs_dir=Path(args.runs_dir),
+        runs_dir=Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR,
         out_dir=Path(args.out_dir) if args.out_dir else None,
         into=Path(args.into) if args.into else None,
         data_dir=args.data_dir,
@@ -341,6 +347,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
     return value
 
 
@@ -481,13 +494,26 @@ def build_parser() -> argparse.ArgumentParser:
         "worker going on to the next file when it can claim nothing more in the earlier ones",
     )
     study_run.add_argument("files", nargs="+", metavar="file")
+    study_run.add_argument(
+        "--row",
+        action="append",
+        metavar="TEXT",
+        help="train only the rows whose label contains TEXT (repeat for more; default: every row)",
+    )
+    study_run.add_argument(
+        "--seed",
+        action="append",
+        type=_non_negative_int,
+        metavar="N",
+        help="train only seed N of each row (repeat for more; default: every seed)",
+    )
     engine(study_run)
     study_run.set_defaults(func=cmd_study_run)
     study_status = study_commands.add_parser(
         "status", help="each unit's state (finished, training, stopped, not started), epochs and time left"
     )
     study_status.add_argument("files", nargs="+", metavar="file")
-    study_status.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_status.add_argument("--runs-dir", help="where the study's runs are (default: results/runs)")
     study_status.add_argument(
         "--storage", help="where its trials are recorded, for failed units (default: the study's journal)"
     )
@@ -497,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="Markdown and CSV tables (seed means, intervals, McNemar tests) and figures"
     )
     study_report.add_argument("file")
-    study_report.add_argument("--runs-dir", default="results/runs", help="where the study's runs are")
+    study_report.add_argument("--runs-dir", help="where the study's runs are (default: results/runs)")
     study_report.add_argument("--out-dir", help="where to write (default: results/studies/<name>)")
     study_report.add_argument("--into", help="also replace the study's section in this Markdown document")
     data_dir(study_report)

@@ -49,8 +49,6 @@ ERROR = "error"
 """User attribute of a trial that failed with an error (retried only by a later start)."""
 ENDED = "ended_because"
 """User attribute of a trial failed by the engine: 'stale', 'interrupted' or 'handed back' (retried)."""
-DEFAULT_RUNS_DIR = Path("results/runs")
-"""Where studies and searches keep their runs, unless told otherwise (committed: every result's source)."""
 # Advisory-lock key of the enqueue/reap section in PostgreSQL (any fixed 64-bit number).
 PG_LOCK_KEY = 0x61747465  # "atte"
 
@@ -307,6 +305,10 @@ class WorkerSpec:
     poll_s: float = 5.0
     population: int = 1
     """A search's trials trained together by each worker, as one population (attention/population.py)."""
+    rows: tuple[str, ...] = ()
+    """A study run limited to the rows whose label contains one of these (attention/study.py: Selection)."""
+    seeds: tuple[int, ...] = ()
+    """A study run limited to these seeds."""
     started: float | None = None
     """When the command started (``time.time()``): items that failed with an error before it are retried,
     those that fail after it are not (they would fail again), and are reported at its end."""
@@ -328,6 +330,18 @@ class Work:
     training: it would only wait for it)."""
     first: Callable[[optuna.trial.FrozenTrial], bool] | None = None
     """Which waiting trials to claim before the others (a study's stopped runs: finish what was started)."""
+    wanted: Callable[[optuna.trial.FrozenTrial], bool] | None = None
+    """Which of the file's trials this command works on at all (a study run limited to some rows or
+    seeds); None: every one. The others are neither claimed nor waited for."""
+
+    def claimable(self, trial: optuna.trial.FrozenTrial) -> bool:
+        return (self.wanted is None or self.wanted(trial)) and (self.accept is None or self.accept(trial))
+
+    def active(self) -> bool:
+        """Whether a trial this command works on waits or runs (it may need this worker yet)."""
+        states = (TrialState.RUNNING, TrialState.WAITING)
+        trials = self.study.get_trials(deepcopy=False, states=states)
+        return any(self.wanted is None or self.wanted(trial) for trial in trials)
 
 
 def _work(spec: WorkerSpec) -> Work:
@@ -378,11 +392,10 @@ def next_trial(works: list[Work]) -> tuple[Work, optuna.Trial] | None:
             with storage_lock(work.spec.storage, work.storage):
                 reap_stale(work.study, work.storage, work.spec.stale_after_s)
                 work.refill()
-            trial = claim(work.study, work.storage, work.accept, work.first)
+            trial = claim(work.study, work.storage, work.claimable, work.first)
             if trial is not None:
                 return work, trial
-        active = (TrialState.RUNNING, TrialState.WAITING)
-        if not any(work.study.get_trials(deepcopy=False, states=active) for work in works):
+        if not any(work.active() for work in works):
             return None
         time.sleep(works[0].spec.poll_s)
 
@@ -453,18 +466,24 @@ def default_workers(device: str) -> tuple[int, list[str], int]:
     return 1, [device], 1
 
 
-def start_workers(specs: list[WorkerSpec], workers: int | None) -> int:
-    """Run ``workers`` worker processes (default: :func:`default_workers`), each working through ``specs``
-    in order (:func:`worker`), and wait for them; a single worker runs in this process. Returns the number
-    of trials run here (0 when they ran in worker processes). Ctrl-C stops every worker cleanly."""
+def worker_layout(device: str, workers: int | None) -> tuple[int, list[str], int]:
+    """(workers, their devices, threads each): :func:`default_workers`, or ``workers`` of them spread over
+    its devices round robin, a CPU's cores shared out between them. Refuses a device this machine lacks."""
     from attention.cpu import usable_cores
 
-    count, devices, threads = default_workers(specs[0].device)
-    if workers is not None:
-        cores = usable_cores()
-        devices = [devices[i % len(devices)] for i in range(workers)]
-        threads = max(1, cores // workers) if devices[0] == "cpu" else 1
-        count = workers
+    count, devices, threads = default_workers(device)
+    if workers is None:
+        return count, devices, threads
+    devices = [devices[i % len(devices)] for i in range(workers)]
+    threads = max(1, usable_cores() // workers) if devices[0] == "cpu" else 1
+    return workers, devices, threads
+
+
+def start_workers(specs: list[WorkerSpec], layout: tuple[int, list[str], int]) -> int:
+    """Run ``layout``'s worker processes (:func:`worker_layout`), each working through ``specs`` in order
+    (:func:`worker`), and wait for them; a single worker runs in this process. Returns the number of trials
+    run here (0 when they ran in worker processes). Ctrl-C stops every worker cleanly."""
+    count, devices, threads = layout
     per_worker = [tuple(_with(s, device=devices[i], threads=threads) for s in specs) for i in range(count)]
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # as in a worker process (see _worker_main)
@@ -553,7 +572,9 @@ def launch(
             f"--stale-after-s ({stale_after_s:g}) must be more than twice --heartbeat-s ({heartbeat_s:g}), "
             "both > 0, or live trials would be failed as stale"
         )
-    default_workers(device)  # refuse a device this machine lacks before anything is enqueued
+    from attention.runs import DEFAULT_RUNS_DIR
+
+    layout = worker_layout(device, workers)  # refuses a device this machine lacks before anything is enqueued
     if smoke and (storage is None or runs_dir is None):  # what it was not told goes to a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
         storage = storage or f"journal:{scratch / 'optuna.journal'}"
@@ -583,7 +604,7 @@ def launch(
         with storage_lock(spec.storage, work.storage):
             work.refill()
         launched.append((spec, work.study))
-    start_workers(specs, workers)
+    start_workers(specs, layout)
     failed = [
         f"{Path(spec.file).name}: {key}: {error}"
         for spec, study in launched

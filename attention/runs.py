@@ -26,6 +26,8 @@ import torch
 from attention import AttentionError
 from attention.config import Config, from_dict
 
+DEFAULT_RUNS_DIR = Path("results/runs")
+"""Where studies and searches keep their runs, unless told otherwise (committed: every result's source)."""
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"

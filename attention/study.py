@@ -82,6 +82,35 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """The units a command works on: those of rows whose label contains one of ``rows``, for the seeds in
+    ``seeds`` (each empty: all), so that a researcher short of compute trains the rows that matter first."""
+
+    rows: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+
+    def picks(self, unit: Unit) -> bool:
+        return (not self.rows or any(text in unit.row.label for text in self.rows)) and (
+            not self.seeds or unit.seed in self.seeds
+        )
+
+    def check(self, studies: list[Study]) -> None:
+        """Refuse a row text or a seed that picks nothing in ``studies`` (a typo would train nothing)."""
+        labels = [row.label for study in studies for row in study.rows]
+        for text in self.rows:
+            if not any(text in label for label in labels):
+                raise AttentionError(
+                    f"--row '{text}' is part of no row's label; the rows are: {'; '.join(labels)}"
+                )
+        picked = [unit for study in studies for unit in study.units() if self.picks(unit)]
+        for seed in self.seeds:
+            if not any(unit.seed == seed for unit in picked):
+                raise AttentionError(
+                    f"--seed {seed} is a seed of none of the rows chosen; see the study files' seeds"
+                )
+
+
+@dataclass(frozen=True)
 class Study:
     path: Path
     title: str

@@ -33,16 +33,20 @@ from attention.engine import (
     open_study,
 )
 from attention.runs import CHECKPOINT, RESULT, RunBusy, run_is_busy
-from attention.study import Study, Unit, config_run_dir, load_study, unit_config, unit_run
+from attention.study import Selection, Study, Unit, config_run_dir, load_study, unit_config, unit_run
 
 log = logging.getLogger(__name__)
 
 
-def pending_items(study: Study, locate: Callable[[Unit], Path | None]) -> list[Item]:
-    """The units whose earlier stages are finished (so their config is known), as work items."""
+def pending_items(
+    study: Study, locate: Callable[[Unit], Path | None], selection: Selection | None = None
+) -> list[Item]:
+    """The units ``selection`` picks whose earlier stages are finished (so their config is known), as work
+    items."""
+    selection = selection or Selection()
     items = []
     for unit in study.units():
-        if locate(unit) is None:
+        if not selection.picks(unit) or locate(unit) is None:
             continue
         attrs = {"row": unit.row.label, "seed": unit.seed, "stage": unit.stage + 1}
         items.append(Item(unit.key, attrs=attrs))
@@ -58,6 +62,7 @@ def work(spec: WorkerSpec) -> Work:
     runs_dir = Path(spec.runs_dir)
     optuna_study, storage = open_study(spec.storage, study_name(study, spec.smoke))
     units = {unit.key: unit for unit in study.units()}
+    selection = Selection(spec.rows, spec.seeds)
     # A unit's config and run directory, once known, stay fixed (a later stage's config names the finished
     # run of the stage before), so each is resolved once per process, not on every claim and poll.
     resolved: dict[str, tuple[Config, Path]] = {}
@@ -75,7 +80,7 @@ def work(spec: WorkerSpec) -> Work:
         return found[1] if found else None
 
     def refill() -> None:
-        items = pending_items(study, locate)
+        items = pending_items(study, locate, selection)
         enqueue(
             optuna_study,
             items,
@@ -118,7 +123,11 @@ def work(spec: WorkerSpec) -> Work:
         run_dir = run_of(trial)
         return run_dir is not None and (run_dir / CHECKPOINT).is_file()
 
-    return Work(spec, execute, refill, optuna_study, storage, accept=free, first=started)
+    def wanted(trial: optuna.trial.FrozenTrial) -> bool:
+        unit = units.get(trial.user_attrs.get(KEY))
+        return unit is not None and selection.picks(unit)
+
+    return Work(spec, execute, refill, optuna_study, storage, accept=free, first=started, wanted=wanted)
 
 
 def is_finished(run_dir: Path | None) -> bool:
@@ -141,10 +150,12 @@ def run_study(
     progress: bool = True,
     heartbeat_s: float = 30.0,
     stale_after_s: float = 300.0,
+    selection: Selection | None = None,
 ) -> list[dict[str, Any]]:
     """Train what each study lacks, the files in order, every worker going on to the next file when it
-    can claim nothing more in the earlier ones. ``smoke`` runs a tiny version in a temporary folder
-    (unless ``storage``/``runs_dir`` say where). Returns a summary per file: units, finished, storage."""
+    can claim nothing more in the earlier ones; only the units ``selection`` picks, when it picks some.
+    ``smoke`` runs a tiny version in a temporary folder (unless ``storage``/``runs_dir`` say where).
+    Returns a summary per file: the units picked, how many are finished, storage."""
     paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
     if len({path.resolve() for path in paths}) != len(paths):
         raise AttentionError("a study file is named twice; name each once")
@@ -156,6 +167,8 @@ def run_study(
             f"two study files have the same name ({', '.join(twice)}), and a study's name keys its storage "
             "and folder: rename one"
         )
+    selection = selection or Selection()
+    selection.check(studies)
     launched = launch(
         "study",
         paths,
@@ -168,10 +181,12 @@ def run_study(
         progress=progress,
         heartbeat_s=heartbeat_s,
         stale_after_s=stale_after_s,
+        rows=selection.rows,
+        seeds=selection.seeds,
     )
     summaries = []
     for study, (spec, _) in zip(studies, launched, strict=True):
-        units = study.units()
+        units = [unit for unit in study.units() if selection.picks(unit)]
         done = sum(is_finished(unit_run(unit, Path(spec.runs_dir))) for unit in units)
         summaries.append(
             {

@@ -14,7 +14,7 @@ from attention.report.curves import (
     read_curve,
 )
 from attention.report.study_report import RowResult, SeedResult, curve_lines, seed_curve, target_text
-from attention.runs import write_json, write_metrics
+from attention.runs import read_metrics, write_json, write_metrics
 from attention.study import Row
 
 
@@ -81,7 +81,7 @@ def test_the_report_reads_every_finished_seeds_last_stage(tmp_path):
     write_json(run / "config.json", to_dict(resolve_config(Config())))
     write_metrics(run, rows([100.0 / e for e in range(1, 41)]))
     row = Row("RAM, 6 glimpses", {}, ({},), ("RAM, 6 glimpses",), (0,))
-    seed = SeedResult(seed=0, run_dirs=[run], results=[{}], main={}, curve=seed_curve(run))
+    seed = SeedResult(seed=0, run_dirs=[run], results=[{}], main={}, curve=seed_curve(run, read_metrics(run)))
     text = "\n".join(curve_lines([RowResult(row, [seed], missing=[])]))
     assert "| RAM, 6 glimpses | 0 | 40 | 2.50 (epoch 40) | 3.45 → 2.86 → 2.57 |" in text
     assert STILL_IMPROVING in text

@@ -600,6 +600,7 @@ def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_r
         ["data", "show", "--task", "mnist", "--count", "-3"],
         ["report", "glimpses", "run", "--out", "x.png", "--count", "0"],
         ["study", "run", "x.toml", "--heartbeat-s", "0"],
+        ["study", "run", "x.toml", "--seed", "-1"],
         ["search", "x.toml", "--stale-after-s", "nan"],
     ],
 )
@@ -631,3 +632,64 @@ def test_a_report_into_a_document_it_cannot_update_is_refused_before_anything_is
         write_study_report(study_file, runs_dir=tmp_path / "runs", out_dir=tmp_path / "report", into=into)
     assert not (tmp_path / "report").exists()
     assert into.read_text() == document if document is not None else not into.exists()
+
+
+def test_a_study_run_limited_to_some_rows_and_seeds_trains_those_and_leaves_the_rest_waiting(
+    mnist_dir, tmp_path
+):
+    import threading
+
+    from attention.engine import WorkerSpec, storage_lock
+    from attention.study import Selection
+    from attention.study_run import is_finished, work
+
+    study_file, _ = write_files(tmp_path, epochs=1)
+    storage, runs = f"journal:{tmp_path / 'study.journal'}", tmp_path / "runs"
+    # an earlier command of the whole study left its first units waiting in the storage
+    spec = WorkerSpec("study", str(study_file), storage, str(runs), str(mnist_dir), "cpu", 1)
+    everything = work(spec)
+    with storage_lock(storage, everything.storage):
+        everything.refill()
+    assert len(trials_of(storage, "tiny-study")) == 4  # both rows' first stages, both seeds
+    options = {"workers": 1, "storage": storage, "runs_dir": runs, "data_dir": mnist_dir, "progress": False}
+    summaries = []
+    command = threading.Thread(
+        target=lambda: summaries.extend(
+            run_study(study_file, selection=Selection(rows=("two",), seeds=(1,)), **options)
+        ),
+        daemon=True,
+    )
+    command.start()
+    command.join(timeout=300)
+    assert not command.is_alive(), "a limited run waited for units it was not asked to train"
+    [summary] = summaries
+    assert summary["finished"] == summary["units"] == 2  # the two stages of seed 1 of "two stages"
+    study = load_study(study_file)
+    finished = {unit.key for unit in study.units() if is_finished(unit_run(unit, runs))}
+    assert finished == {"two stages | seed 1 | stage 1 of 2", "two stages | seed 1 | stage 2 of 2"}
+    states = [t.state for t in trials_of(storage, "tiny-study")]
+    assert states.count(TrialState.WAITING) == 3 and states.count(TrialState.COMPLETE) == 2
+    [summary] = run_study(study_file, **options)  # the whole study: the rest, once each
+    assert summary["finished"] == summary["units"] == 6
+    assert len(trials_of(storage, "tiny-study")) == 6
+
+
+@pytest.mark.parametrize(
+    "selection, message",
+    [
+        (
+            {"rows": ("three stages",)},
+            "--row 'three stages' is part of no row's label; the rows are: one stage",
+        ),
+        ({"seeds": (7,)}, "--seed 7 is a seed of none of the rows chosen"),
+        ({"rows": ("one",), "seeds": (2,)}, "--seed 2"),
+    ],
+)
+def test_a_selection_that_picks_nothing_is_refused_before_anything_is_queued(tmp_path, selection, message):
+    from attention.study import Selection
+
+    study_file, _ = write_files(tmp_path)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    with pytest.raises(AttentionError, match=message.replace("(", r"\(")):
+        run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", selection=Selection(**selection))
+    assert not (tmp_path / "study.journal").exists()

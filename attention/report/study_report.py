@@ -22,7 +22,7 @@ from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import run_evaluation, unpack
 from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
-from attention.runs import RESULT, read_json, read_metrics
+from attention.runs import DEFAULT_RUNS_DIR, RESULT, read_json, read_metrics
 from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
 
 
@@ -37,6 +37,8 @@ class SeedResult:
     independent: dict[int, dict[str, Any]] = field(default_factory=dict)
     curve: CurveReading | None = None
     """How the last stage's training ended (read once here; the Markdown and the CSV both show it)."""
+    metrics: list[list[dict[str, Any]]] = field(default_factory=list)
+    """Each stage's ``metrics.jsonl``, first to last (read once; the curve reading and the figure use it)."""
 
 
 @dataclass
@@ -64,7 +66,9 @@ def collect(study: Study, runs_dir: Path, *, cache_dir: Path, data_dir=None, dev
                 for s in study.evaluation.independent_test_seeds
             }
             results = [read_json(run / RESULT) for run in run_dirs]
-            found.append(SeedResult(seed, run_dirs, results, main, independent, curve=seed_curve(last)))
+            metrics = [read_metrics(run) for run in run_dirs]
+            curve = seed_curve(last, metrics[-1])
+            found.append(SeedResult(seed, run_dirs, results, main, independent, curve, metrics))
         rows.append(RowResult(row, found, missing))
     return rows
 
@@ -255,13 +259,14 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def seed_curve(last: Path) -> CurveReading:
-    """How the last stage of one seed's chain (its run ``last``) ended (:mod:`attention.report.curves`)."""
+def seed_curve(last: Path, metrics: list[dict[str, Any]]) -> CurveReading:
+    """How the last stage of one seed's chain (its run ``last``, whose epochs are ``metrics``) ended
+    (:mod:`attention.report.curves`)."""
     from attention.runs import load_run_config
     from attention.tasks import TASKS
 
     task = TASKS.get(load_run_config(last).data.task)
-    return read_curve(read_metrics(last), lambda row: task.selection_percent(task.epoch_selection(row)))
+    return read_curve(metrics, lambda row: task.selection_percent(task.epoch_selection(row)))
 
 
 def curve_lines(rows: list[RowResult]) -> list[str]:
@@ -347,8 +352,7 @@ def draw_figures(study: Study, rows: list[RowResult], out_dir: Path) -> dict[str
     for result in rows:
         if result.seeds:
             metrics, offset = [], 0
-            for run_dir in result.seeds[0].run_dirs:
-                stage = read_metrics(run_dir)
+            for stage in result.seeds[0].metrics:
                 metrics += [{**m, "epoch": m["epoch"] + offset} for m in stage]
                 offset += len(stage)
             curves.append((result.row.label, metrics))
@@ -386,7 +390,7 @@ def _series_points(rows: list[RowResult]) -> dict[str, list[dict[str, Any]]]:
 def write_study_report(
     study_file: Path,
     *,
-    runs_dir: Path = Path("results/runs"),
+    runs_dir: Path = DEFAULT_RUNS_DIR,
     out_dir: Path | None = None,
     into: Path | None = None,
     data_dir=None,
