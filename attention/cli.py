@@ -277,8 +277,14 @@ def cmd_study_run(args: argparse.Namespace) -> None:
         )
 
 
-def cmd_study_status(args: argparse.Namespace) -> None:
+def _runs_dir(args: argparse.Namespace) -> Path:
+    """``--runs-dir``, else the committed runs folder (resolved here: the runs module imports torch)."""
     from attention.runs import DEFAULT_RUNS_DIR
+
+    return Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR
+
+
+def cmd_study_status(args: argparse.Namespace) -> None:
     from attention.study import load_study
     from attention.study_status import (
         status_lines,
@@ -288,7 +294,7 @@ def cmd_study_status(args: argparse.Namespace) -> None:
         time_left_lines,
     )
 
-    runs_dir = Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR
+    runs_dir = _runs_dir(args)
     everything = []
     for number, file in enumerate(args.files):
         study = load_study(file)
@@ -306,11 +312,10 @@ def cmd_study_status(args: argparse.Namespace) -> None:
 
 def cmd_study_report(args: argparse.Namespace) -> None:
     from attention.report.study_report import write_study_report
-    from attention.runs import DEFAULT_RUNS_DIR
 
     written = write_study_report(
         Path(args.file),
-        runs_dir=Path(args.runs_dir) if args.runs_dir else DEFAULT_RUNS_DIR,
+        runs_dir=_runs_dir(args),
         out_dir=Path(args.out_dir) if args.out_dir else None,
         into=Path(args.into) if args.into else None,
         data_dir=args.data_dir,
