@@ -106,3 +106,42 @@ def test_the_cache_drops_what_another_cache_version_measured(mnist_dir, tmp_path
     assert stored["version"] == CACHE_VERSION
     assert list(stored["evaluations"]) == [f"test seed {config.data.test_seed}, 2 draws"]
     assert stored["evaluations"][f"test seed {config.data.test_seed}, 2 draws"] == fresh
+
+
+def test_a_cached_evaluation_counts_only_for_the_weights_it_measured(mnist_dir, tmp_path):
+    from pathlib import Path
+
+    from attention.config import to_dict
+    from attention.report.evaluation import run_evaluation
+    from attention.runs import WEIGHTS, read_json, write_json
+
+    overrides = {"data.task": "mnist", "data.eval_limit": 50, "model.num_glimpses": 1}
+    config = resolve_config(with_overrides(Config(), overrides))
+    run = tmp_path / "runs" / "trained-further"
+    run.mkdir(parents=True)
+    write_json(run / "config.json", to_dict(config))
+    model = make_model(config, torch.device("cpu"))
+    torch.save(model.state_dict(), run / WEIGHTS)
+    cache = tmp_path / "cache"
+    first = run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)
+    # a planted number stands in for what a cache hit returns: it is returned while the weights are the same
+    stored = read_json(cache / f"{run.name}.json")
+    key = next(iter(stored["evaluations"]))
+    stored["evaluations"][key] = {**first, "mean_error_pct": -1.0}
+    write_json(cache / f"{run.name}.json", stored)
+    assert run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)[
+        "mean_error_pct"
+    ] == -1.0
+    # the run is trained further (new weights): the planted entry no longer counts, and is replaced
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    torch.save(model.state_dict(), run / WEIGHTS)
+    again = run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)
+    assert again["mean_error_pct"] >= 0.0
+    assert read_json(cache / f"{run.name}.json")["evaluations"][key] == again
+
+
+def test_studies_share_one_evaluation_cache_beside_the_runs_folder(tmp_path):
+    from attention.report.evaluation import evaluation_cache_dir
+
+    assert evaluation_cache_dir(tmp_path / "results" / "runs") == tmp_path / "results" / "evaluations"

@@ -18,9 +18,15 @@ import numpy as np
 import torch
 
 from attention.evaluate import load_trained
-from attention.runs import RESULT, WEIGHTS, read_json, write_json
+from attention.runs import RESULT, WEIGHTS, read_json, weights_digest, write_json
 
 CACHE_VERSION = 1
+
+
+def evaluation_cache_dir(runs_dir: Path) -> Path:
+    """Where the evaluations of the runs in ``runs_dir`` are cached: beside it, one file per run, shared by
+    every study that cites the run (a run in three tables is evaluated once, not three times)."""
+    return Path(runs_dir).parent / "evaluations"
 
 
 @torch.no_grad()
@@ -92,7 +98,7 @@ def run_evaluation(
     device: str | None = None,
 ) -> dict[str, Any]:
     """The protocol's numbers for one run on one test set (``test_seed`` None: the run's own), from the
-    cache in ``cache_dir`` when present, else measured from the run's weights and cached."""
+    cache in ``cache_dir`` when it holds them for these weights, else measured from the weights and cached."""
     from attention.build import pick_device
     from attention.runs import load_run_config
     from attention.tasks import TASKS
@@ -100,12 +106,18 @@ def run_evaluation(
     config = load_run_config(run_dir)
     data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
     key = f"test seed {data.test_seed}, {draws} draws"
-    cache = cache_dir / f"{Path(run_dir).name}.json"
-    stored = read_json(cache) if cache.is_file() else {}
-    if stored.get("version") == CACHE_VERSION and key in stored.get("evaluations", {}):
-        return stored["evaluations"][key]
     if not (Path(run_dir) / WEIGHTS).is_file():
         return single_pass_without_weights(Path(run_dir), data.test_seed)
+    cache = cache_dir / f"{Path(run_dir).name}.json"
+    stored = read_json(cache) if cache.is_file() else {}
+    digest = weights_digest(run_dir)
+    # entries of another cache version were measured another way, and entries of other weights (a run
+    # trained further, or another run of that name in another runs folder) measured another model:
+    # neither is used nor carried over
+    current = stored.get("version") == CACHE_VERSION and stored.get("weights_sha256") == digest
+    kept = stored.get("evaluations", {}) if current else {}
+    if key in kept:
+        return kept[key]
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)
     # what a draw is, and what counts as an error, is the task's (a test image, or a game missed)
@@ -121,9 +133,7 @@ def run_evaluation(
         "averaged_error_pct": measured["averaged_error_pct"],
         "first_draw_correct": _pack(measured["first_correct"]),
     }
-    # entries of another cache version were measured another way: they are dropped, not carried over
-    kept = stored.get("evaluations", {}) if stored.get("version") == CACHE_VERSION else {}
-    stored = {"version": CACHE_VERSION, "run": str(run_dir), "evaluations": kept}
+    stored = {"version": CACHE_VERSION, "run": str(run_dir), "weights_sha256": digest, "evaluations": kept}
     stored["evaluations"][key] = entry
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_json(cache, stored)

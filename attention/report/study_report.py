@@ -20,7 +20,7 @@ import numpy as np
 
 from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
-from attention.report.evaluation import run_evaluation, unpack
+from attention.report.evaluation import evaluation_cache_dir, run_evaluation, unpack
 from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
 from attention.runs import DEFAULT_RUNS_DIR, RESULT, read_json, read_metrics
 from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
@@ -411,7 +411,8 @@ def write_study_report(
         replace_section(into.read_text(), study.name, "")
     out_dir = out_dir or study_folder(study.path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = collect(study, Path(runs_dir), cache_dir=out_dir / "evaluations", data_dir=data_dir, device=device)
+    cache_dir = evaluation_cache_dir(Path(runs_dir))
+    rows = collect(study, Path(runs_dir), cache_dir=cache_dir, data_dir=data_dir, device=device)
     pairs = compare_rows(study, rows)
     figures = draw_figures(study, rows, out_dir)
     report = out_dir / "report.md"
