@@ -13,7 +13,14 @@ from attention.report.curves import (
     WORSE,
     read_curve,
 )
-from attention.report.study_report import RowResult, SeedResult, curve_lines, seed_curve, target_text
+from attention.report.study_report import (
+    RowResult,
+    SeedResult,
+    budget_lines,
+    curve_lines,
+    seed_curve,
+    target_text,
+)
 from attention.runs import read_metrics, write_json, write_metrics
 from attention.study import Row
 
@@ -85,3 +92,17 @@ def test_the_report_reads_every_finished_seeds_last_stage(tmp_path):
     text = "\n".join(curve_lines([RowResult(row, [seed], missing=[])]))
     assert "| RAM, 6 glimpses | 0 | 40 | 2.50 (epoch 40) | 3.45 → 2.86 → 2.57 |" in text
     assert STILL_IMPROVING in text
+
+
+def test_a_row_whose_seeds_a_time_cap_cut_short_is_flagged_and_one_budget_is_not(tmp_path):
+    row = Row("RAM, 8 glimpses", {}, ({},), ("RAM, 8 glimpses",), (0, 1))
+    full = {"epochs_run": 200, "epochs_budget": 200, "stopped_because": "epochs"}
+    capped = {"epochs_run": 117, "epochs_budget": 200, "stopped_because": "time_budget"}
+
+    def seed(number, result):
+        return SeedResult(seed=number, run_dirs=[tmp_path], results=[result], main={}, curve=None)
+
+    uneven = "\n".join(budget_lines([RowResult(row, [seed(0, full), seed(1, capped)], missing=[])]))
+    assert "- RAM, 8 glimpses: s0 200; s1 117 of 200 (time_budget)" in uneven
+    # every seed cut at the same epoch trained one budget, whatever stopped it
+    assert budget_lines([RowResult(row, [seed(0, capped), seed(1, capped)], missing=[])]) == []

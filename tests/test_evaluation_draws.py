@@ -129,9 +129,8 @@ def test_a_cached_evaluation_counts_only_for_the_weights_it_measured(mnist_dir, 
     key = next(iter(stored["evaluations"]))
     stored["evaluations"][key] = {**first, "mean_error_pct": -1.0}
     write_json(cache / f"{run.name}.json", stored)
-    assert run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)[
-        "mean_error_pct"
-    ] == -1.0
+    hit = run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)
+    assert hit["mean_error_pct"] == -1.0
     # the run is trained further (new weights): the planted entry no longer counts, and is replaced
     with torch.no_grad():
         next(model.parameters()).add_(0.01)

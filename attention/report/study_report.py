@@ -86,6 +86,32 @@ def epochs_text(seed: SeedResult) -> str:
     return " + ".join(parts)
 
 
+def budget_lines(rows: list[RowResult]) -> list[str]:
+    """A note on each row whose seeds did not train the same epochs because a stopping rule (a time cap,
+    early stopping) ended some of them: their mean is not that of one budget. A cap in seconds also depends
+    on how loaded the machine was, so it can cut one seed short and not another."""
+    uneven = []
+    for result in rows:
+        texts = {s.seed: epochs_text(s) for s in result.seeds}
+        if len(set(texts.values())) < 2:
+            continue
+        parts = []
+        for seed in result.seeds:
+            # a stage that ran its whole schedule says "epochs": only the other reasons explain a gap
+            reasons = sorted({r.get("stopped_because") for r in seed.results} - {None, "epochs"})
+            parts.append(f"s{seed.seed} {texts[seed.seed]}" + (f" ({', '.join(reasons)})" if reasons else ""))
+        uneven.append(f"- {result.row.label}: {'; '.join(parts)}")
+    if not uneven:
+        return []
+    return [
+        "",
+        "Seeds that did not train the same epochs (a stopping rule ended some before their schedule; the "
+        "row's mean mixes budgets):",
+        "",
+        *uneven,
+    ]
+
+
 def minutes(seed: SeedResult) -> float:
     return sum(r["train_seconds"] for r in seed.results) / 60
 
@@ -239,6 +265,7 @@ def markdown(
     for result in rows:
         cells = row_cells(result, study.evaluation.independent_test_seeds)
         lines.append("| " + " | ".join(cells.get(c, "").replace("|", "/") for c in cols) + " |")
+    lines += budget_lines(rows)
     if pairs:
         lines += [
             "",
