@@ -98,11 +98,24 @@ def test_a_row_whose_seeds_a_time_cap_cut_short_is_flagged_and_one_budget_is_not
     row = Row("RAM, 8 glimpses", {}, ({},), ("RAM, 8 glimpses",), (0, 1))
     full = {"epochs_run": 200, "epochs_budget": 200, "stopped_because": "epochs"}
     capped = {"epochs_run": 117, "epochs_budget": 200, "stopped_because": "time_budget"}
+    # the cap can also be met at the last epoch: the seed still ran its whole schedule
+    capped_at_the_end = {"epochs_run": 200, "epochs_budget": 200, "stopped_because": "time_budget"}
+    patience = {"epochs_run": 52, "epochs_budget": 60, "stopped_because": "early_stopping"}
 
-    def seed(number, result):
-        return SeedResult(seed=number, run_dirs=[tmp_path], results=[result], main={}, curve=None)
+    def seed(number, *results):
+        return SeedResult(seed=number, run_dirs=[tmp_path], results=list(results), main={}, curve=None)
 
-    uneven = "\n".join(budget_lines([RowResult(row, [seed(0, full), seed(1, capped)], missing=[])]))
-    assert "- RAM, 8 glimpses: s0 200; s1 117 of 200 (time_budget)" in uneven
-    # every seed cut at the same epoch trained one budget, whatever stopped it
-    assert budget_lines([RowResult(row, [seed(0, capped), seed(1, capped)], missing=[])]) == []
+    def note(*seeds):
+        return "\n".join(budget_lines([RowResult(row, list(seeds), missing=[])]))
+
+    assert "- RAM, 8 glimpses: s0 200; s1 117 of 200 (time budget)" in note(seed(0, full), seed(1, capped))
+    assert "- RAM, 8 glimpses: s0 200; s1 117 of 200 (time budget)" in note(
+        seed(0, capped_at_the_end), seed(1, capped)
+    )
+    # a curriculum: each seed's stages end to end
+    assert "s0 200 + 52 of 60 (early stopping); s1 117 of 200 (time budget) + 60" in note(
+        seed(0, full, patience), seed(1, capped, {**full, "epochs_run": 60, "epochs_budget": 60})
+    )
+    # every seed cut at the same epoch trained one budget; early stopping is the recipe's own rule
+    assert note(seed(0, capped), seed(1, capped)) == ""
+    assert note(seed(0, full, full), seed(1, full, patience)) == ""

@@ -138,6 +138,9 @@ def test_a_study_finishes_every_unit_once_and_its_report_pairs_rows(mnist_dir, t
     text = (tmp_path / "report" / "report.md").read_text()
     assert "| one stage |" in text and "A right more often" in text and "1 + 1" in text
     assert any(p.suffix == ".csv" for p in written) and any(p.suffix == ".png" for p in written)
+    # evaluations are cached beside the runs folder, for every study that cites a run, not in the report's
+    assert (tmp_path / "evaluations" / f"{stage_two.name}.json").is_file()
+    assert not (tmp_path / "report" / "evaluations").exists()
     run_study(study_file, workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False)
     assert len(trials_of(storage, "tiny-study")) == 6  # nothing retrained
 

@@ -138,9 +138,3 @@ def test_a_cached_evaluation_counts_only_for_the_weights_it_measured(mnist_dir, 
     again = run_evaluation(Path(run), test_seed=None, draws=2, data_dir=mnist_dir, cache_dir=cache)
     assert again["mean_error_pct"] >= 0.0
     assert read_json(cache / f"{run.name}.json")["evaluations"][key] == again
-
-
-def test_studies_share_one_evaluation_cache_beside_the_runs_folder(tmp_path):
-    from attention.report.evaluation import evaluation_cache_dir
-
-    assert evaluation_cache_dir(tmp_path / "results" / "runs") == tmp_path / "results" / "evaluations"

@@ -22,6 +22,7 @@ from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import evaluation_cache_dir, run_evaluation, unpack
 from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
+from attention.report.tables import epochs_label
 from attention.runs import DEFAULT_RUNS_DIR, RESULT, read_json, read_metrics
 from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
 
@@ -77,36 +78,37 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def epochs_text(seed: SeedResult) -> str:
-    """Epochs of each stage ('300 + 60'), with 'of N' where a stopping rule cut a stage short."""
-    parts = []
-    for result in seed.results:
-        run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
-        parts.append(str(run) if run >= budget else f"{run} of {budget}")
-    return " + ".join(parts)
+def epochs_text(seed: SeedResult, *, why: bool = False) -> str:
+    """Epochs of each stage ('300 + 60'), with 'of N' where a stopping rule cut a stage short (and, with
+    ``why``, which rule)."""
+    return " + ".join(epochs_label(result, why=why) for result in seed.results)
+
+
+def _time_capped(seed: SeedResult) -> bool:
+    return any(
+        r.get("stopped_because") == "time_budget"
+        and r["epochs_run"] < r.get("epochs_budget", r["epochs_run"])
+        for r in seed.results
+    )
 
 
 def budget_lines(rows: list[RowResult]) -> list[str]:
-    """A note on each row whose seeds did not train the same epochs because a stopping rule (a time cap,
-    early stopping) ended some of them: their mean is not that of one budget. A cap in seconds also depends
-    on how loaded the machine was, so it can cut one seed short and not another."""
+    """A note on each row whose seeds did not train the same epochs because a time cap ended some of them
+    before their schedule: a cap in seconds binds by how loaded the machine was, so it can cut one seed
+    short and not another, and the row's mean is then not that of one budget. (Early stopping also ends
+    seeds at different epochs, but by the recipe's own rule, so it is not flagged.)"""
     uneven = []
     for result in rows:
-        texts = {s.seed: epochs_text(s) for s in result.seeds}
-        if len(set(texts.values())) < 2:
-            continue
-        parts = []
-        for seed in result.seeds:
-            # a stage that ran its whole schedule says "epochs": only the other reasons explain a gap
-            reasons = sorted({r.get("stopped_because") for r in seed.results} - {None, "epochs"})
-            parts.append(f"s{seed.seed} {texts[seed.seed]}" + (f" ({', '.join(reasons)})" if reasons else ""))
-        uneven.append(f"- {result.row.label}: {'; '.join(parts)}")
+        texts = [epochs_text(s, why=True) for s in result.seeds]
+        if len(set(texts)) > 1 and any(_time_capped(s) for s in result.seeds):
+            parts = [f"s{s.seed} {text}" for s, text in zip(result.seeds, texts, strict=True)]
+            uneven.append(f"- {result.row.label}: {'; '.join(parts)}")
     if not uneven:
         return []
     return [
         "",
-        "Seeds that did not train the same epochs (a stopping rule ended some before their schedule; the "
-        "row's mean mixes budgets):",
+        "Seeds that a time cap (`train.time_budget_s`) stopped at different epochs, so the row's mean mixes "
+        "budgets (a cap in seconds binds by the machine's load):",
         "",
         *uneven,
     ]

@@ -85,13 +85,14 @@ def training_label(config) -> str:
     )
 
 
-def epochs_label(result: dict) -> str:
-    """Epochs run, and of how many when a stopping rule ended the run before its schedule did."""
+def epochs_label(result: dict, *, why: bool = True) -> str:
+    """Epochs run, and of how many when a stopping rule ended the run before its schedule did (with
+    ``why``, which rule)."""
     run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
     stopped = result.get("stopped_because", "epochs")
     if stopped == "epochs" or run >= budget:
         return str(run)
-    return f"{run} of {budget} ({stopped.replace('_', ' ')})"
+    return f"{run} of {budget}" + (f" ({stopped.replace('_', ' ')})" if why else "")
 
 
 def time_label(result: dict) -> str:
