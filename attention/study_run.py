@@ -31,9 +31,19 @@ from attention.engine import (
     enqueue,
     launch,
     open_study,
+    worker_layout,
 )
-from attention.runs import CHECKPOINT, RESULT, RunBusy, run_is_busy
-from attention.study import Selection, Study, Unit, config_run_dir, load_study, unit_config, unit_run
+from attention.runs import CHECKPOINT, DEFAULT_RUNS_DIR, RESULT, RunBusy, run_is_busy
+from attention.study import (
+    Selection,
+    Study,
+    Unit,
+    config_run_dir,
+    load_study,
+    stage_config,
+    unit_config,
+    unit_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +144,32 @@ def is_finished(run_dir: Path | None) -> bool:
     return run_dir is not None and (run_dir / RESULT).is_file()
 
 
+def capped_rows(studies: list[Study], selection: Selection, runs_dir: Path) -> list[str]:
+    """The rows with a picked unit still to train whose stage caps its training in seconds
+    (``train.time_budget_s``): a cap that binds by the machine's speed, so by how many runs share it."""
+    found: list[str] = []
+    for study in studies:
+        for unit in study.units():
+            if unit.row.label in found or not selection.picks(unit) or is_finished(unit_run(unit, runs_dir)):
+                continue
+            if stage_config(unit.row, unit.seed, unit.stage).train.time_budget_s is not None:
+                found.append(unit.row.label)
+    return found
+
+
+def cap_warning(rows: list[str], workers: int, devices: list[str]) -> str | None:
+    """What to tell the user when several workers share the CPU and some rows cap training in seconds:
+    each worker trains at a fraction of a lone run's speed, so the cap stops those seeds earlier than it
+    stopped a seed trained alone, and the row's seeds end up with different budgets."""
+    if not rows or workers < 2 or devices[0] != "cpu":
+        return None
+    return (
+        f"{workers} workers share this CPU, and these rows cap training in seconds (train.time_budget_s), so "
+        f"the cap may stop their seeds at fewer epochs than a run alone reaches: {'; '.join(rows)}. "
+        "To keep their budgets, train them with --workers 1 (the report flags seeds a cap cut short)"
+    )
+
+
 def study_name(study: Study, smoke: bool) -> str:
     return study.name + ("-smoke" if smoke else "")
 
@@ -169,6 +205,12 @@ def run_study(
         )
     selection = selection or Selection()
     selection.check(studies)
+    if not smoke:
+        count, devices, _ = worker_layout(device, workers)
+        rows = capped_rows(studies, selection, Path(runs_dir) if runs_dir else DEFAULT_RUNS_DIR)
+        warning = cap_warning(rows, count, devices)
+        if warning:
+            log.warning(warning)
     launched = launch(
         "study",
         paths,

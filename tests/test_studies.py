@@ -151,3 +151,36 @@ def test_study_without_its_recipe_is_refused_naming_the_file_and_key(tmp_path):
         AttentionError, match=r"bad\.toml: 'recipe' names .*missing\.toml, which does not exist"
     ):
         load_study(path)
+
+
+def test_rows_that_cap_training_in_seconds_are_named_when_workers_share_the_cpu(tmp_path):
+    from attention.study import Selection
+    from attention.study_run import cap_warning, capped_rows
+
+    path = write_study(
+        tmp_path,
+        'seeds = [0, 1]\n[[row]]\nlabel = "capped"\nset = { "train.time_budget_s" = 60 }\n'
+        '[[row]]\nlabel = "capped later"\n[[row.stage]]\nset = { "train.time_budget_s" = 60 }\n'
+        '[[row]]\nlabel = "epochs only"\n',
+    )
+    study = load_study(path)
+    runs = tmp_path / "runs"
+    assert capped_rows([study], Selection(), runs) == ["capped", "capped later"]
+    assert capped_rows([study], Selection(rows=("epochs",)), runs) == []
+    # once every seed of a capped row is finished, nothing of it is left for the cap to cut
+    from attention.config import to_dict
+    from attention.runs import CONFIG, RESULT, write_json
+    from attention.study import unit_config
+
+    for unit in [u for u in study.units() if u.row.label == "capped"]:
+        run = unit_run(unit, runs)
+        run.mkdir(parents=True)
+        write_json(run / CONFIG, to_dict(unit_config(unit, runs)))
+        write_json(run / RESULT, {"epochs_run": 1})
+    assert capped_rows([study], Selection(), runs) == ["capped later"]
+    warning = cap_warning(["capped"], 2, ["cpu", "cpu"])
+    assert warning is not None and "capped" in warning and "--workers 1" in warning
+    # one worker trains at a lone run's speed, and a GPU's workers do not share its cores
+    assert cap_warning(["capped"], 1, ["cpu"]) is None
+    assert cap_warning(["capped"], 2, ["cuda:0", "cuda:1"]) is None
+    assert cap_warning([], 2, ["cpu", "cpu"]) is None
