@@ -220,7 +220,13 @@ def claim(
     for trial in waiting:
         if accept is not None and not accept(trial):
             continue
-        if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+        try:
+            taken = storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another worker claimed and already ended it since ``waiting`` was read (a unit handed back
+            # at once ends within milliseconds): Optuna raises here instead of returning False
+            continue
+        if taken:
             storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
             return optuna.Trial(study, trial._trial_id)
     return None

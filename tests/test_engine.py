@@ -396,6 +396,28 @@ def test_a_worker_does_not_claim_a_unit_whose_run_another_process_trains(mnist_d
     assert freed is not None and freed.user_attrs[KEY] == busy_unit.key
 
 
+def test_a_worker_skips_a_waiting_trial_that_another_worker_claimed_and_ended_since_it_looked(tmp_path):
+    from attention.engine import claim
+
+    url = f"journal:{tmp_path / 'study.journal'}"
+    storage = open_storage(url)
+    study = optuna.create_study(study_name="race", storage=storage)
+    for key in ("first", "second"):
+        study.enqueue_trial({}, user_attrs={KEY: key})
+    seen = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # what this worker read
+    other = optuna.load_study(
+        study_name="race", storage=open_storage(f"journal:{tmp_path / 'study.journal'}")
+    )
+    taken = claim(other, other._storage)  # another worker takes "first" and hands it back at once
+    assert taken is not None and taken.user_attrs[KEY] == "first"
+    other._storage.set_trial_state_values(taken._trial_id, TrialState.FAIL)
+
+    study.get_trials = lambda deepcopy=False, states=None: seen  # the list read before that happened
+    mine = claim(study, storage)
+    assert mine is not None and mine.user_attrs[KEY] == "second"
+    assert claim(study, storage) is None
+
+
 def test_a_worker_goes_on_to_the_next_file_while_the_first_ones_last_unit_trains_elsewhere(
     mnist_dir, tmp_path
 ):
