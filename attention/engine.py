@@ -553,7 +553,7 @@ def launch(
     kind: str,
     paths: list[Path],
     *,
-    workers: int | None,
+    layout: tuple[int, list[str], int],
     storage: str | None,
     runs_dir: str | Path | None,
     data_dir: str | Path | None,
@@ -564,12 +564,13 @@ def launch(
     stale_after_s: float,
     **more: Any,
 ) -> list[tuple[WorkerSpec, optuna.Study]]:
-    """Enqueue what each study or search file (``kind``) still lacks and run workers that work through
-    them in order; the files were checked by the caller. Each file keeps its own storage (its journal,
-    unless ``storage`` names one for all: one journal or database holds many studies, by name). Runs go to
-    ``runs_dir`` (default ``results/runs``); a smoke run puts its storage and its runs, whichever it was not
-    told where, in a temporary folder, so that it never mixes with real ones. Returns each file's spec and
-    Optuna study."""
+    """Enqueue what each study or search file (``kind``) still lacks and run ``layout``'s workers
+    (:func:`worker_layout`, called first by the caller so that a device this machine lacks is refused
+    before anything is enqueued), which work through them in order; the files were checked by the caller.
+    Each file keeps its own storage (its journal, unless ``storage`` names one for all: one journal or
+    database holds many studies, by name). Runs go to ``runs_dir`` (default ``results/runs``); a smoke
+    run puts its storage and its runs, whichever it was not told where, in a temporary folder, so that it
+    never mixes with real ones. Returns each file's spec and Optuna study."""
     import tempfile
 
     started = time.time()
@@ -580,7 +581,6 @@ def launch(
         )
     from attention.runs import DEFAULT_RUNS_DIR
 
-    layout = worker_layout(device, workers)  # refuses a device this machine lacks before anything is enqueued
     if smoke and (storage is None or runs_dir is None):  # what it was not told goes to a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
         storage = storage or f"journal:{scratch / 'optuna.journal'}"

@@ -31,6 +31,7 @@ from attention.engine import (
     enqueue,
     launch,
     open_study,
+    worker_layout,
 )
 from attention.study import check_keys, overrides_table, read_toml_file, recipe_overrides
 
@@ -315,7 +316,7 @@ def run_search(
     [(spec, study)] = launch(
         "search",
         [path],
-        workers=workers,
+        layout=worker_layout(device, workers),
         storage=storage,
         runs_dir=runs_dir,
         data_dir=data_dir,

@@ -205,8 +205,9 @@ def run_study(
         )
     selection = selection or Selection()
     selection.check(studies)
+    layout = worker_layout(device, workers)  # refuses a device this machine lacks before anything runs
     if not smoke:
-        count, devices, _ = worker_layout(device, workers)
+        count, devices, _ = layout
         rows = capped_rows(studies, selection, Path(runs_dir) if runs_dir else DEFAULT_RUNS_DIR)
         warning = cap_warning(rows, count, devices)
         if warning:
@@ -214,7 +215,7 @@ def run_study(
     launched = launch(
         "study",
         paths,
-        workers=workers,
+        layout=layout,
         storage=storage,
         runs_dir=runs_dir,
         data_dir=data_dir,

@@ -22,7 +22,7 @@ from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import evaluation_cache_dir, run_evaluation, unpack
 from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
-from attention.report.tables import epochs_label
+from attention.report.tables import cut_short_by, epochs_label
 from attention.runs import DEFAULT_RUNS_DIR, RESULT, read_json, read_metrics
 from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
 
@@ -85,11 +85,7 @@ def epochs_text(seed: SeedResult, *, why: bool = False) -> str:
 
 
 def _time_capped(seed: SeedResult) -> bool:
-    return any(
-        r.get("stopped_because") == "time_budget"
-        and r["epochs_run"] < r.get("epochs_budget", r["epochs_run"])
-        for r in seed.results
-    )
+    return any(cut_short_by(r) == "time_budget" for r in seed.results)
 
 
 def budget_lines(rows: list[RowResult]) -> list[str]:

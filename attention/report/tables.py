@@ -85,14 +85,23 @@ def training_label(config) -> str:
     )
 
 
+def cut_short_by(result: dict) -> str | None:
+    """The stopping rule (``stopped_because``) that ended a run before its schedule did, or None when it
+    ran its epochs."""
+    run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
+    stopped = result.get("stopped_because", "epochs")
+    return None if stopped == "epochs" or run >= budget else stopped
+
+
 def epochs_label(result: dict, *, why: bool = True) -> str:
     """Epochs run, and of how many when a stopping rule ended the run before its schedule did (with
     ``why``, which rule)."""
-    run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
-    stopped = result.get("stopped_because", "epochs")
-    if stopped == "epochs" or run >= budget:
-        return str(run)
-    return f"{run} of {budget}" + (f" ({stopped.replace('_', ' ')})" if why else "")
+    stopped = cut_short_by(result)
+    if stopped is None:
+        return str(result["epochs_run"])
+    return f"{result['epochs_run']} of {result['epochs_budget']}" + (
+        f" ({stopped.replace('_', ' ')})" if why else ""
+    )
 
 
 def time_label(result: dict) -> str:
