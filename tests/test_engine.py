@@ -694,6 +694,14 @@ def test_a_study_run_limited_to_some_rows_and_seeds_trains_those_and_leaves_the_
     assert finished == {"two stages | seed 1 | stage 1 of 2", "two stages | seed 1 | stage 2 of 2"}
     states = [t.state for t in trials_of(storage, "tiny-study")]
     assert states.count(TrialState.WAITING) == 3 and states.count(TrialState.COMPLETE) == 2
+    from attention.report.study_report import write_study_report
+
+    out = tmp_path / "report"
+    write_study_report(study_file, runs_dir=runs, out_dir=out, data_dir=mnist_dir)
+    report = (out / "report.md").read_text()
+    assert "| not finished (seeds 0, 1) |" in report  # the row none of whose seeds ran
+    assert "(s1); not finished: 0 |" in report  # the row of which seed 1 ran
+    assert f"`attention study status {study_file}`" in report
     [summary] = run_study(study_file, **options)  # the whole study: the rest, once each
     assert summary["finished"] == summary["units"] == 6
     assert len(trials_of(storage, "tiny-study")) == 6

@@ -138,7 +138,7 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
     row, seeds = result.row, result.seeds
     cells = {"row": row.label}
     if not seeds:
-        cells["test error %"] = "not run" + (f" (seeds {', '.join(map(str, result.missing))})")
+        cells["test error %"] = f"not finished (seeds {', '.join(map(str, result.missing))})"
         cells["paper %"] = _pct(row.paper)
         cells["target %"] = target_text(row.target, None)
         return cells
@@ -147,7 +147,7 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
     cells["test error %"] = f"{summary.mean:.2f}{spread}"
     cells["95% interval"] = "" if summary.low is None else f"[{summary.low:.2f}, {summary.high:.2f}]"
     cells["seeds"] = ", ".join(f"{s.main['mean_error_pct']:.2f} (s{s.seed})" for s in seeds) + (
-        f"; not run: {', '.join(map(str, result.missing))}" if result.missing else ""
+        f"; not finished: {', '.join(map(str, result.missing))}" if result.missing else ""
     )
     cells["draw sd"] = mean_text([s.main["draw_sd_pct"] for s in seeds])
     cells["averaged over draws %"] = mean_text([s.main["averaged_error_pct"] for s in seeds])
@@ -204,7 +204,7 @@ def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
         pairs = matched or list(zip(a.seeds, b.seeds, strict=False))
         cells = {"A": a_label, "B": b_label, "why": why}
         if not pairs:
-            cells["result"] = "not run in both rows yet"
+            cells["result"] = "not finished in both rows yet"
             out.append(cells)
             continue
         tests, a_bits, b_bits = [], [], []
@@ -263,6 +263,12 @@ def markdown(
     for result in rows:
         cells = row_cells(result, study.evaluation.independent_test_seeds)
         lines.append("| " + " | ".join(cells.get(c, "").replace("|", "/") for c in cols) + " |")
+    if any(result.missing for result in rows):
+        lines += [
+            "",
+            '"not finished": not started, training, or stopped part way; '
+            f"`attention study status {study.path}` says which, how far, and the time still to train.",
+        ]
     lines += budget_lines(rows)
     if pairs:
         lines += [
