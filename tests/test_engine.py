@@ -405,9 +405,7 @@ def test_a_worker_skips_a_waiting_trial_that_another_worker_claimed_and_ended_si
     for key in ("first", "second"):
         study.enqueue_trial({}, user_attrs={KEY: key})
     seen = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))  # what this worker read
-    other = optuna.load_study(
-        study_name="race", storage=open_storage(f"journal:{tmp_path / 'study.journal'}")
-    )
+    other = optuna.load_study(study_name="race", storage=open_storage(url))
     taken = claim(other, other._storage)  # another worker takes "first" and hands it back at once
     assert taken is not None and taken.user_attrs[KEY] == "first"
     other._storage.set_trial_state_values(taken._trial_id, TrialState.FAIL)
