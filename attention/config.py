@@ -370,11 +370,14 @@ def identity_fields(config: Any, prefix: str = "") -> dict[str, Any]:
     return found
 
 
-def config_hash(config: Config) -> str:
+def config_hash(config: Config, *, ignoring: tuple[str, ...] = ()) -> str:
     """A run's identity: sha256 of :func:`identity_fields` (seed included), with ``train.init_from`` stood
     for by the digest of the weights it names rather than their path, so a stage that starts from the same
-    weights is the same run wherever those weights live."""
+    weights is the same run wherever those weights live. ``ignoring`` leaves dotted fields out (to ask
+    whether two runs differ only in them)."""
     fields = identity_fields(config)
+    for key in ignoring:
+        fields.pop(key, None)
     if config.train.init_from is not None:
         from attention.runs import weights_digest
 

@@ -287,14 +287,14 @@ def _open_trial(
     identity = config_hash(config)
     revision = git_revision()
     checkpoint_path = run_dir / CHECKPOINT
-    if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+    if (done := finished_result(run_dir, config, resume=resume)) is not None:
         return done
     model = make_model(config, device)
     init_from = config.train.init_from
     init_digest = load_initial_weights(model, init_from, device) if init_from else None
     run_dir.mkdir(parents=True, exist_ok=True)
     lock.enter_context(holding_run(run_dir, wait=True))
-    if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+    if (done := finished_result(run_dir, config, resume=resume)) is not None:
         return done  # finished by another process while this one got ready
     if not (run_dir / CONFIG).exists():
         write_json(run_dir / CONFIG, to_dict(config))

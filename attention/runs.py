@@ -125,27 +125,53 @@ def weights_digest(source: str | Path) -> str:
     return _file_digest(path, stat.st_size, stat.st_mtime_ns)
 
 
-# identity of each run directory already read: a config.json is written once and never changed
-_identities: dict[Path, str | None] = {}
+TIME_CAP = "train.time_budget_s"
+"""The one field a finished run may differ in from the config it stands for (:func:`trained_as`)."""
+
+# identity of each run directory already read (whole, or ignoring some fields): a config.json is written
+# once and never changed
+_identities: dict[tuple[Path, tuple[str, ...]], str | None] = {}
 
 
-def run_identity(run_dir: Path) -> str | None:
+def run_identity(run_dir: Path, *, ignoring: tuple[str, ...] = ()) -> str | None:
     """The identity (:func:`config_hash`) of the run in ``run_dir``, or None if it is not a readable run."""
     from attention.config import config_hash
 
-    run_dir = Path(run_dir).resolve()
-    if run_dir not in _identities:
+    key = (Path(run_dir).resolve(), ignoring)
+    if key not in _identities:
         try:
-            _identities[run_dir] = config_hash(load_run_config(run_dir))
+            _identities[key] = config_hash(load_run_config(key[0]), ignoring=ignoring)
         except AttentionError:
             return None  # not (yet) a run, or one whose init_from weights are gone: not cached
-    return _identities[run_dir]
+    return _identities[key]
+
+
+def trained_as(run_dir: Path, config: Config) -> bool:
+    """Whether the run in ``run_dir`` is ``config``'s run: it has the same identity, or it is a finished run
+    that differs only in a time cap (``train.time_budget_s``) that never stopped it and that ``config`` does
+    not tighten. A cap in seconds only ends training early, so a run it did not end trained exactly what
+    the run without it (or with a looser cap) trains: lifting a cap keeps every run it did not cut short,
+    and only those it cut are trained again."""
+    from attention.config import config_hash
+
+    if run_identity(run_dir) == config_hash(config):
+        return True
+    if not (Path(run_dir) / RESULT).is_file():
+        return False
+    if run_identity(run_dir, ignoring=(TIME_CAP,)) != config_hash(config, ignoring=(TIME_CAP,)):
+        return False
+    result = read_json(Path(run_dir) / RESULT)
+    ran_with = load_run_config(run_dir).train.time_budget_s
+    wanted = config.train.time_budget_s
+    looser = wanted is None or (ran_with is not None and wanted >= ran_with)
+    return looser and result.get("stopped_because") != "time_budget"
 
 
 def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Path | None:
     """The run directory of ``config`` under ``runs_dir``: ``<identity>`` if present, else the run whose
-    config.json has the same identity (runs made before the identity rule of today carry an older name).
-    Refuses when there is none, or returns None with ``missing_ok``."""
+    config.json has the same identity (runs made before the identity rule of today carry an older name),
+    else a finished run that a time cap did not cut and that differs from ``config`` only in that cap
+    (:func:`trained_as`). Refuses when there is none, or returns None with ``missing_ok``."""
     from attention.config import config_hash
 
     runs_dir = Path(runs_dir)
@@ -153,9 +179,14 @@ def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Pat
     direct = runs_dir / wanted
     if (direct / CONFIG).is_file():
         return direct
-    for candidate in sorted(runs_dir.glob(f"*/{CONFIG}")):
-        if run_identity(candidate.parent) == wanted:
-            return candidate.parent
+    candidates = [path.parent for path in sorted(runs_dir.glob(f"*/{CONFIG}"))]
+    for candidate in candidates:
+        if run_identity(candidate) == wanted:
+            return candidate
+    uncapped = config_hash(config, ignoring=(TIME_CAP,))
+    for candidate in candidates:
+        if run_identity(candidate, ignoring=(TIME_CAP,)) == uncapped and trained_as(candidate, config):
+            return candidate
     if missing_ok:
         return None
     raise AttentionError(
@@ -163,13 +194,13 @@ def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Pat
     )
 
 
-def finished_result(run_dir: Path, identity: str, *, resume: bool) -> dict[str, Any] | None:
-    """Every trainer's first look at its run directory: the result of a finished run of this identity,
-    or None when there is a run to train (a new one, or an unfinished one with ``resume``). Refuses a
-    directory of another configuration, and an unfinished run without ``resume``."""
+def finished_result(run_dir: Path, config: Config, *, resume: bool) -> dict[str, Any] | None:
+    """Every trainer's first look at its run directory: the result of a finished run of ``config``
+    (:func:`trained_as`), or None when there is a run to train (a new one, or an unfinished one with
+    ``resume``). Refuses a directory of another configuration, and an unfinished run without ``resume``."""
     if not (run_dir / CONFIG).exists():
         return None
-    if run_identity(run_dir) != identity:
+    if not trained_as(run_dir, config):
         raise AttentionError(f"{run_dir} holds a run of another configuration; choose another --run-dir")
     if (run_dir / RESULT).exists():
         log.info("run %s is finished; returning its result", run_dir)

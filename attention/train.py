@@ -463,7 +463,7 @@ def fit(
     identity = config_hash(config)
     run_dir = Path(run_dir) if run_dir else Path(runs_dir) / identity
     device_ = pick_device(device)
-    if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+    if (done := finished_result(run_dir, config, resume=resume)) is not None:
         return done
     model = make_model(config, device_)  # refuses impossible models before anything is written
     init_from = config.train.init_from
@@ -473,7 +473,7 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     with holding_run(run_dir, wait=wait_if_busy):
         # look again: another process may have finished or started this run while we got ready
-        if (done := finished_result(run_dir, identity, resume=resume)) is not None:
+        if (done := finished_result(run_dir, config, resume=resume)) is not None:
             return done
         if not (run_dir / CONFIG).exists():  # a run's record of what it is, written once
             write_json(run_dir / CONFIG, to_dict(config))

@@ -339,6 +339,44 @@ def test_a_run_made_before_a_config_field_existed_is_still_found(tmp_path):
         find_run(with_overrides(config, {"train.epochs": 8}), tmp_path)
 
 
+def test_lifting_a_time_cap_keeps_the_runs_it_did_not_cut_and_only_those(tmp_path):
+    from attention.config import to_dict
+    from attention.runs import find_run, finished_result, write_json
+
+    capped = resolve_config(with_overrides(Config(), {"train.epochs": 7, "train.time_budget_s": 5000}))
+
+    def finished_run(name: str, stopped_because: str, config: Config = capped):
+        (tmp_path / name).mkdir()
+        write_json(tmp_path / name / CONFIG, to_dict(config))
+        write_json(tmp_path / name / RESULT, {"stopped_because": stopped_because, "test_error_pct": 1.0})
+
+    finished_run("ran-all-its-epochs", "epochs")
+    uncapped = with_overrides(capped, {"train.time_budget_s": None})
+    assert find_run(uncapped, tmp_path) == tmp_path / "ran-all-its-epochs"
+    assert find_run(with_overrides(capped, {"train.time_budget_s": 6000}), tmp_path) is not None
+    assert finished_result(tmp_path / "ran-all-its-epochs", uncapped, resume=False)["test_error_pct"] == 1.0
+    # a tighter cap might have cut it; a run of other epochs is another run
+    assert find_run(with_overrides(capped, {"train.time_budget_s": 4000}), tmp_path, missing_ok=True) is None
+    assert find_run(with_overrides(uncapped, {"train.epochs": 8}), tmp_path, missing_ok=True) is None
+    with pytest.raises(AttentionError, match="another configuration"):
+        finished_result(
+            tmp_path / "ran-all-its-epochs", with_overrides(uncapped, {"train.seed": 1}), resume=False
+        )
+
+    # a run its cap cut short, or one not finished yet, is not the uncapped run
+    other_seed = with_overrides(capped, {"train.seed": 2})
+    finished_run("cut-by-its-cap", "time_budget", other_seed)
+    assert (
+        find_run(with_overrides(other_seed, {"train.time_budget_s": None}), tmp_path, missing_ok=True) is None
+    )
+    (tmp_path / "unfinished").mkdir()
+    write_json(tmp_path / "unfinished" / CONFIG, to_dict(with_overrides(capped, {"train.seed": 3})))
+    unfinished_uncapped = with_overrides(capped, {"train.seed": 3, "train.time_budget_s": None})
+    assert find_run(unfinished_uncapped, tmp_path, missing_ok=True) is None
+    with pytest.raises(AttentionError, match="another configuration"):
+        finished_result(tmp_path / "unfinished", unfinished_uncapped, resume=True)
+
+
 def test_init_from_starts_a_run_from_another_runs_weights(mnist_dir, tmp_path):
     source = fit(smoke(**{"train.epochs": 1}), run_dir=tmp_path / "a", data_dir=mnist_dir, progress=False)
     assert source["init_from_sha256"] is None
