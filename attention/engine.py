@@ -169,10 +169,16 @@ def enqueue(
     errors_since: float | None = None,
 ) -> int:
     """Enqueue each item that no trial accounts for and that is not already ``done``; an item whose trial
-    failed with an error before ``errors_since`` is enqueued again (None: never). Call under
-    :func:`storage_lock`. Returns how many were enqueued."""
+    failed with an error before ``errors_since`` is enqueued again (None: never). Where ``done`` can be
+    asked, a completed trial no longer accounts for an item that is not done: it trained something else
+    under the same key (a study row whose recipe changed, or whose run was deleted), so the item is trained
+    again. Call under :func:`storage_lock`. Returns how many were enqueued."""
     trials = study.get_trials(deepcopy=False)
-    accounted = {t.user_attrs.get(KEY) for t in trials if _accounted(t, errors_since)}
+    accounted = {
+        t.user_attrs.get(KEY)
+        for t in trials
+        if _accounted(t, errors_since) and (done is None or t.state != TrialState.COMPLETE)
+    }
     count = 0
     for item in items:
         if item.key in accounted or (done is not None and done(item)):

@@ -396,6 +396,27 @@ def test_a_worker_does_not_claim_a_unit_whose_run_another_process_trains(mnist_d
     assert freed is not None and freed.user_attrs[KEY] == busy_unit.key
 
 
+def test_a_row_whose_recipe_changes_is_trained_again_and_the_others_are_not(mnist_dir, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "tiny.toml").write_text('[data]\ntask = "mnist"\n')
+    study_file = tmp_path / "change.toml"
+    text = (
+        f'recipe = "recipes/tiny.toml"\nseeds = [0]\nbudget = {{ "train.epochs" = 1, {TINY} }}\n'
+        '[[row]]\nlabel = "kept"\n[[row]]\nlabel = "changed"\nset = { "model.where.std" = 0.2 }\n'
+    )
+    study_file.write_text(text)
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    runs = tmp_path / "runs"
+    run = dict(workers=1, storage=storage, runs_dir=runs, data_dir=mnist_dir, progress=False)
+    run_study(study_file, **run)
+    study_file.write_text(text.replace('"model.where.std" = 0.2', '"model.where.std" = 0.3'))
+    [summary] = run_study(study_file, **run)
+    assert summary["finished"] == summary["units"] == 2
+    trained = [t.user_attrs[KEY] for t in trials_of(storage, "change") if t.state == TrialState.COMPLETE]
+    assert sorted(trained) == ["changed | seed 0 | stage 1 of 1"] * 2 + ["kept | seed 0 | stage 1 of 1"]
+    assert len(list(runs.glob("*/result.json"))) == 3
+
+
 def test_a_worker_skips_a_waiting_trial_that_another_worker_claimed_and_ended_since_it_looked(tmp_path):
     from attention.engine import claim
 
