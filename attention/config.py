@@ -374,7 +374,7 @@ def config_hash(config: Config, *, ignoring: tuple[str, ...] = ()) -> str:
     """A run's identity: sha256 of :func:`identity_fields` (seed included), with ``train.init_from`` stood
     for by the digest of the weights it names rather than their path, so a stage that starts from the same
     weights is the same run wherever those weights live. ``ignoring`` leaves dotted fields out (to ask
-    whether two runs differ only in them)."""
+    whether two runs differ only in them; ``train.init_from`` is always kept)."""
     fields = identity_fields(config)
     for key in ignoring:
         fields.pop(key, None)

@@ -3,7 +3,8 @@
 A study's row x seed x stage runs and a search's drawn trials are *work items*, each with a key. They are
 enqueued as WAITING trials (once: an item that is waiting, running or done is not enqueued again, nor one
 that failed with an error since this command started, so a deterministic error does not loop; the next
-start retries it, after its cause was fixed), and worker processes on any machine claim them one at a time
+start retries it, after its cause was fixed; a study unit counts as done by its run's result, so a row whose
+recipe changed is trained again), and worker processes on any machine claim them one at a time
 (WAITING -> RUNNING is atomic in the storage, so two workers never take the same trial). Nothing else
 decides what runs, so the same file scales from one process to many machines sharing a PostgreSQL server.
 
@@ -272,16 +273,21 @@ class Abandoned(Exception):
 
 def failed_items(study: optuna.Study, since: float | None = None) -> dict[str, str]:
     """The error of each of ``study``'s items whose trial failed with an error (at or after ``since``, if
-    given) and that no later trial of the same item has finished since."""
+    given) and that no later trial of the same item has finished since (an earlier finished trial does not
+    count: a study unit is tried again when its recipe changes, see :func:`enqueue`)."""
     trials = study.get_trials(deepcopy=False)
-    good = {t.user_attrs.get(KEY) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    last_good: dict[Any, int] = {}
+    for t in trials:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            key = t.user_attrs.get(KEY)
+            last_good[key] = max(last_good.get(key, -1), t.number)
     return {
         t.user_attrs.get(KEY): t.user_attrs[ERROR]
         for t in trials
         if t.state == TrialState.FAIL
         and ERROR in t.user_attrs
         and not _failed_before(t, since)
-        and t.user_attrs.get(KEY) not in good
+        and last_good.get(t.user_attrs.get(KEY), -1) < t.number
     }
 
 

@@ -134,7 +134,8 @@ _identities: dict[tuple[Path, tuple[str, ...]], str | None] = {}
 
 
 def run_identity(run_dir: Path, *, ignoring: tuple[str, ...] = ()) -> str | None:
-    """The identity (:func:`config_hash`) of the run in ``run_dir``, or None if it is not a readable run."""
+    """The identity (:func:`config_hash`, less the dotted fields in ``ignoring``) of the run in ``run_dir``,
+    or None if it is not a readable run."""
     from attention.config import config_hash
 
     key = (Path(run_dir).resolve(), ignoring)
@@ -144,6 +145,14 @@ def run_identity(run_dir: Path, *, ignoring: tuple[str, ...] = ()) -> str | None
         except AttentionError:
             return None  # not (yet) a run, or one whose init_from weights are gone: not cached
     return _identities[key]
+
+
+def cut_short_by(result: dict) -> str | None:
+    """The stopping rule (``stopped_because``) that ended a finished run before its schedule did, or None
+    when it ran its epochs (a cap that fired after the last epoch cut nothing)."""
+    run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
+    stopped = result.get("stopped_because", "epochs")
+    return None if stopped == "epochs" or run >= budget else stopped
 
 
 def trained_as(run_dir: Path, config: Config) -> bool:
@@ -164,31 +173,37 @@ def trained_as(run_dir: Path, config: Config) -> bool:
     ran_with = load_run_config(run_dir).train.time_budget_s
     wanted = config.train.time_budget_s
     looser = wanted is None or (ran_with is not None and wanted >= ran_with)
-    return looser and result.get("stopped_because") != "time_budget"
+    return looser and cut_short_by(result) != "time_budget"
 
 
 def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Path | None:
     """The run directory of ``config`` under ``runs_dir``: ``<identity>`` if present, else the run whose
-    config.json has the same identity (runs made before the identity rule of today carry an older name),
-    else a finished run that a time cap did not cut and that differs from ``config`` only in that cap
-    (:func:`trained_as`). Refuses when there is none, or returns None with ``missing_ok``."""
+    config.json has the same identity (runs made before the identity rule of today carry an older name).
+    A finished run that a time cap did not cut and that differs from ``config`` only in that cap
+    (:func:`trained_as`) comes before an unfinished run of the same identity, and stands in for a missing
+    one. Refuses when there is none, or returns None with ``missing_ok``."""
     from attention.config import config_hash
 
     runs_dir = Path(runs_dir)
     wanted = config_hash(config)
     direct = runs_dir / wanted
-    if (direct / CONFIG).is_file():
-        return direct
     candidates = [path.parent for path in sorted(runs_dir.glob(f"*/{CONFIG}"))]
-    for candidate in candidates:
-        if run_identity(candidate) == wanted:
-            return candidate
+    if (direct / CONFIG).is_file():
+        exact = direct
+    else:
+        exact = next((c for c in candidates if run_identity(c) == wanted), None)
+    if exact is not None and (exact / RESULT).is_file():
+        return exact
     uncapped = config_hash(config, ignoring=(TIME_CAP,))
     for candidate in candidates:
-        if run_identity(candidate, ignoring=(TIME_CAP,)) == uncapped and trained_as(candidate, config):
+        if (
+            (candidate / RESULT).is_file()
+            and run_identity(candidate, ignoring=(TIME_CAP,)) == uncapped
+            and trained_as(candidate, config)
+        ):
             return candidate
-    if missing_ok:
-        return None
+    if exact is not None or missing_ok:
+        return exact
     raise AttentionError(
         f"no run of this configuration under {runs_dir} (expected {direct.name}); train it first"
     )

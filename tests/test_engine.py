@@ -417,6 +417,26 @@ def test_a_row_whose_recipe_changes_is_trained_again_and_the_others_are_not(mnis
     assert len(list(runs.glob("*/result.json"))) == 3
 
 
+def test_a_unit_that_fails_after_an_earlier_trial_of_it_completed_is_reported_as_failed(tmp_path):
+    from attention.engine import ERROR, failed_items
+
+    study = optuna.create_study(study_name="order", storage=open_storage(f"journal:{tmp_path / 'j.journal'}"))
+    for key, outcome in [
+        ("retrained", "complete"),
+        ("retrained", "error"),
+        ("fixed", "error"),
+        ("fixed", "complete"),
+    ]:
+        trial = study.ask()
+        trial.set_user_attr(KEY, key)
+        if outcome == "error":
+            trial.set_user_attr(ERROR, "loss is nan")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, 1.0)
+    assert failed_items(study) == {"retrained": "loss is nan"}
+
+
 def test_a_worker_skips_a_waiting_trial_that_another_worker_claimed_and_ended_since_it_looked(tmp_path):
     from attention.engine import claim
 

@@ -177,7 +177,7 @@ def test_rows_that_cap_training_in_seconds_are_named_when_workers_share_the_cpu(
         run.mkdir(parents=True)
         write_json(run / CONFIG, to_dict(unit_config(unit, runs)))
         # cut by its cap: one the cap never stopped would also stand for "capped later"'s uncapped first stage
-        write_json(run / RESULT, {"epochs_run": 1, "stopped_because": "time_budget"})
+        write_json(run / RESULT, {"epochs_run": 1, "epochs_budget": 5, "stopped_because": "time_budget"})
     assert capped_rows([study], Selection(), runs) == ["capped later"]
     warning = cap_warning(["capped"], 2, ["cpu", "cpu"])
     assert warning is not None and "capped" in warning and "--workers 1" in warning

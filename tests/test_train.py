@@ -340,15 +340,16 @@ def test_a_run_made_before_a_config_field_existed_is_still_found(tmp_path):
 
 
 def test_lifting_a_time_cap_keeps_the_runs_it_did_not_cut_and_only_those(tmp_path):
-    from attention.config import to_dict
+    from attention.config import config_hash, to_dict
     from attention.runs import find_run, finished_result, write_json
 
     capped = resolve_config(with_overrides(Config(), {"train.epochs": 7, "train.time_budget_s": 5000}))
 
-    def finished_run(name: str, stopped_because: str, config: Config = capped):
+    def finished_run(name: str, stopped_because: str, config: Config = capped, epochs_run: int = 7):
         (tmp_path / name).mkdir()
         write_json(tmp_path / name / CONFIG, to_dict(config))
-        write_json(tmp_path / name / RESULT, {"stopped_because": stopped_because, "test_error_pct": 1.0})
+        result = {"stopped_because": stopped_because, "epochs_run": epochs_run, "epochs_budget": 7}
+        write_json(tmp_path / name / RESULT, {**result, "test_error_pct": 1.0})
 
     finished_run("ran-all-its-epochs", "epochs")
     uncapped = with_overrides(capped, {"train.time_budget_s": None})
@@ -365,10 +366,19 @@ def test_lifting_a_time_cap_keeps_the_runs_it_did_not_cut_and_only_those(tmp_pat
 
     # a run its cap cut short, or one not finished yet, is not the uncapped run
     other_seed = with_overrides(capped, {"train.seed": 2})
-    finished_run("cut-by-its-cap", "time_budget", other_seed)
+    finished_run("cut-by-its-cap", "time_budget", other_seed, epochs_run=5)
     assert (
         find_run(with_overrides(other_seed, {"train.time_budget_s": None}), tmp_path, missing_ok=True) is None
     )
+    # a cap that fired after the last epoch cut nothing
+    last_epoch = with_overrides(capped, {"train.seed": 4})
+    finished_run("cap-fired-after-its-last-epoch", "time_budget", last_epoch)
+    found = find_run(with_overrides(last_epoch, {"train.time_budget_s": None}), tmp_path)
+    assert found == tmp_path / "cap-fired-after-its-last-epoch"
+    # a finished run the cap did not cut comes before an unfinished one of the uncapped identity
+    (tmp_path / config_hash(uncapped)).mkdir()
+    write_json(tmp_path / config_hash(uncapped) / CONFIG, to_dict(resolve_config(uncapped)))
+    assert find_run(uncapped, tmp_path) == tmp_path / "ran-all-its-epochs"
     (tmp_path / "unfinished").mkdir()
     write_json(tmp_path / "unfinished" / CONFIG, to_dict(with_overrides(capped, {"train.seed": 3})))
     unfinished_uncapped = with_overrides(capped, {"train.seed": 3, "train.time_budget_s": None})

@@ -22,8 +22,8 @@ from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import evaluation_cache_dir, run_evaluation, unpack
 from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
-from attention.report.tables import cut_short_by, epochs_label
-from attention.runs import DEFAULT_RUNS_DIR, RESULT, read_json, read_metrics
+from attention.report.tables import epochs_label
+from attention.runs import DEFAULT_RUNS_DIR, RESULT, cut_short_by, read_json, read_metrics
 from attention.study import Row, Study, Unit, load_study, study_folder, unit_run
 
 

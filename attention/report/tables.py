@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attention import AttentionError
-from attention.runs import RESULT, load_run_config, read_json
+from attention.runs import RESULT, cut_short_by, load_run_config, read_json
 
 
 def sizes_label(model) -> str:
@@ -83,14 +83,6 @@ def training_label(config) -> str:
         + (f", clip {t.grad_clip:g}" if t.grad_clip else "")
         + (", compiled" if compiled_part(config) else "")
     )
-
-
-def cut_short_by(result: dict) -> str | None:
-    """The stopping rule (``stopped_because``) that ended a run before its schedule did, or None when it
-    ran its epochs."""
-    run, budget = result["epochs_run"], result.get("epochs_budget", result["epochs_run"])
-    stopped = result.get("stopped_because", "epochs")
-    return None if stopped == "epochs" or run >= budget else stopped
 
 
 def epochs_label(result: dict, *, why: bool = True) -> str:
