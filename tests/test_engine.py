@@ -526,8 +526,9 @@ def test_a_worker_waits_while_a_later_file_still_trains_and_stops_when_every_fil
     runs, storage = tmp_path / "runs", f"journal:{tmp_path / 'studies.journal'}"
     first = study_work(first_file, storage, runs, mnist_dir)
     second = study_work(second_file, storage, runs, mnist_dir)
-    while (done := claim(first.study, first.storage)) is not None:  # A: all its ready units ended
+    while (done := claim(first.study, first.storage)) is not None:  # A: all its units ended
         first.study.tell(done, 1.0)
+    mark_finished(load_study(first_file).units(), runs)  # (B's runs too: the same recipe, the same runs)
     while (running := claim(second.study, second.storage)) is not None:  # B: its units run elsewhere
         second.storage.set_trial_user_attr(running._trial_id, HEARTBEAT, time.time() + 3600)
     found: list = []
@@ -601,23 +602,39 @@ def test_a_worker_resolves_each_ready_units_run_once_and_a_later_stage_once_its_
     runs = tmp_path / "runs"
     work = study_work(study_file, f"journal:{tmp_path / 'study.journal'}", runs, mnist_dir)
     ready = [u for u in load_study(study_file).units() if u.stage == 0]
+    first_stage = next(u for u in ready if u.row.label == "two stages" and u.seed == 0)
     while (trial := claim(work.study, work.storage, work.accept, work.first)) is not None:
-        work.study.tell(trial, 1.0)  # every claim asks for the unit's run (accept, first)
+        if trial.user_attrs[KEY] != first_stage.key:  # every claim asks for the unit's run (accept, first)
+            mark_finished([unit_of(study_file, trial.user_attrs[KEY])], runs)
+            work.study.tell(trial, 1.0)
     with storage_lock(work.spec.storage, work.storage):
         work.refill()
     assert all(calls[u.key] == 1 for u in ready)  # not once per claim and per refill
+    later = Unit(first_stage.row, 0, 1)
+    assert waiting_keys(work) == [Unit(first_stage.row, 1, 1).key]  # seed 0's first stage still trains
 
-    first_stage = next(u for u in ready if u.row.label == "two stages" and u.seed == 0)
-    finished = unit_run(first_stage, runs)
-    finished.mkdir(parents=True)
-    for name in ("config.json", RESULT, "model.pt"):
-        (finished / name).write_text("{}")
+    mark_finished([first_stage], runs)
+    work.study.tell(next(t.number for t in work.study.get_trials(states=(TrialState.RUNNING,))), 1.0)
     with storage_lock(work.spec.storage, work.storage):
         work.refill()
-    queued = [t.user_attrs[KEY] for t in work.study.get_trials(states=(TrialState.WAITING,))]
-    later = Unit(first_stage.row, 0, 1)
-    assert queued == [later.key]  # its config names the finished first stage's run
-    assert work.storage.get_trial(claim(work.study, work.storage)._trial_id).user_attrs[KEY] == later.key
+    assert later.key in waiting_keys(work)  # its config names the finished first stage's run
+    resolved = calls[later.key]
+    with storage_lock(work.spec.storage, work.storage):
+        work.refill()
+    assert calls[later.key] == resolved  # once known, it is not asked again
+
+
+def mark_finished(units, runs: Path) -> None:
+    """Stand-ins for the files a finished run leaves, for each unit (earlier stages first)."""
+    for unit in sorted(units, key=lambda u: u.stage):
+        run = unit_run(unit, runs)
+        run.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", RESULT, "model.pt"):
+            (run / name).write_text("{}")
+
+
+def waiting_keys(work) -> list[str]:
+    return [t.user_attrs[KEY] for t in work.study.get_trials(states=(TrialState.WAITING,))]
 
 
 def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(monkeypatch, tmp_path):
