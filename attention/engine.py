@@ -264,7 +264,8 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int, every_s: floa
 
 class HandBack(Exception):
     """Another process does this trial's work now (it trains the same run): end the trial so that the next
-    :func:`enqueue` queues its item again, to be claimed once that work is done."""
+    :func:`enqueue` queues its item again, to be claimed once that work is done (unless that work has
+    finished the item by then: where ``done`` says so, it is not queued at all)."""
 
 
 class Abandoned(Exception):

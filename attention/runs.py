@@ -170,6 +170,8 @@ def trained_as(run_dir: Path, config: Config) -> bool:
     if run_identity(run_dir, ignoring=(TIME_CAP,)) != config_hash(config, ignoring=(TIME_CAP,)):
         return False
     result = read_json(Path(run_dir) / RESULT)
+    if "epochs_run" not in result:
+        return False  # not a result this trainer wrote: nothing says the cap did not cut it
     ran_with = load_run_config(run_dir).train.time_budget_s
     wanted = config.train.time_budget_s
     looser = wanted is None or (ran_with is not None and wanted >= ran_with)
@@ -187,6 +189,8 @@ def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Pat
     runs_dir = Path(runs_dir)
     wanted = config_hash(config)
     direct = runs_dir / wanted
+    if (direct / RESULT).is_file() and (direct / CONFIG).is_file():
+        return direct  # the common case: no need to read every other run's config
     candidates = [path.parent for path in sorted(runs_dir.glob(f"*/{CONFIG}"))]
     if (direct / CONFIG).is_file():
         exact = direct
@@ -194,14 +198,11 @@ def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Pat
         exact = next((c for c in candidates if run_identity(c) == wanted), None)
     if exact is not None and (exact / RESULT).is_file():
         return exact
-    uncapped = config_hash(config, ignoring=(TIME_CAP,))
-    for candidate in candidates:
-        if (
-            (candidate / RESULT).is_file()
-            and run_identity(candidate, ignoring=(TIME_CAP,)) == uncapped
-            and trained_as(candidate, config)
-        ):
-            return candidate
+    uncapped = config_hash(config, ignoring=(TIME_CAP,))  # a cheap filter before trained_as reads results
+    twins = (c for c in candidates if run_identity(c, ignoring=(TIME_CAP,)) == uncapped)
+    found = next((c for c in twins if (c / RESULT).is_file() and trained_as(c, config)), None)
+    if found is not None:
+        return found
     if exact is not None or missing_ok:
         return exact
     raise AttentionError(

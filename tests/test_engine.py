@@ -526,9 +526,9 @@ def test_a_worker_waits_while_a_later_file_still_trains_and_stops_when_every_fil
     runs, storage = tmp_path / "runs", f"journal:{tmp_path / 'studies.journal'}"
     first = study_work(first_file, storage, runs, mnist_dir)
     second = study_work(second_file, storage, runs, mnist_dir)
-    while (done := claim(first.study, first.storage)) is not None:  # A: all its units ended
+    while (done := claim(first.study, first.storage)) is not None:  # A: its ready units ended,
         first.study.tell(done, 1.0)
-    mark_finished(load_study(first_file).units(), runs)  # (B's runs too: the same recipe, the same runs)
+    mark_finished(load_study(first_file).units(), runs)  # and every run of A (so B's too: the same runs)
     while (running := claim(second.study, second.storage)) is not None:  # B: its units run elsewhere
         second.storage.set_trial_user_attr(running._trial_id, HEARTBEAT, time.time() + 3600)
     found: list = []
@@ -617,7 +617,7 @@ def test_a_worker_resolves_each_ready_units_run_once_and_a_later_stage_once_its_
     work.study.tell(next(t.number for t in work.study.get_trials(states=(TrialState.RUNNING,))), 1.0)
     with storage_lock(work.spec.storage, work.storage):
         work.refill()
-    assert later.key in waiting_keys(work)  # its config names the finished first stage's run
+    assert sorted(waiting_keys(work)) == sorted([Unit(first_stage.row, 1, 1).key, later.key])
     resolved = calls[later.key]
     with storage_lock(work.spec.storage, work.storage):
         work.refill()

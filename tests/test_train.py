@@ -385,6 +385,12 @@ def test_lifting_a_time_cap_keeps_the_runs_it_did_not_cut_and_only_those(tmp_pat
     assert find_run(unfinished_uncapped, tmp_path, missing_ok=True) is None
     with pytest.raises(AttentionError, match="another configuration"):
         finished_result(tmp_path / "unfinished", unfinished_uncapped, resume=True)
+    # a result that does not say how its run ended cannot stand for another config (and does not crash)
+    unknown = with_overrides(capped, {"train.seed": 5})
+    (tmp_path / "unknown-ending").mkdir()
+    write_json(tmp_path / "unknown-ending" / CONFIG, to_dict(unknown))
+    write_json(tmp_path / "unknown-ending" / RESULT, {"test_error_pct": 1.0})
+    assert find_run(with_overrides(unknown, {"train.time_budget_s": None}), tmp_path, missing_ok=True) is None
 
 
 def test_init_from_starts_a_run_from_another_runs_weights(mnist_dir, tmp_path):
