@@ -189,10 +189,11 @@ def find_run(config: Config, runs_dir: Path, *, missing_ok: bool = False) -> Pat
     runs_dir = Path(runs_dir)
     wanted = config_hash(config)
     direct = runs_dir / wanted
-    if (direct / RESULT).is_file() and (direct / CONFIG).is_file():
+    direct_exists = (direct / CONFIG).is_file()
+    if direct_exists and (direct / RESULT).is_file():
         return direct  # the common case: no need to read every other run's config
     candidates = [path.parent for path in sorted(runs_dir.glob(f"*/{CONFIG}"))]
-    if (direct / CONFIG).is_file():
+    if direct_exists:
         exact = direct
     else:
         exact = next((c for c in candidates if run_identity(c) == wanted), None)

@@ -575,7 +575,7 @@ def test_a_study_continues_its_stopped_runs_before_it_starts_new_ones(mnist_dir,
     study_file, _ = write_files(tmp_path)
     runs = tmp_path / "runs"
     work = study_work(study_file, f"journal:{tmp_path / 'study.journal'}", runs, mnist_dir)
-    queued = [t.user_attrs[KEY] for t in work.study.get_trials(states=(TrialState.WAITING,))]
+    queued = waiting_keys(work)
     stopped = unit_run(unit_of(study_file, queued[-1]), runs)  # last in the queue, stopped part way
     stopped.mkdir(parents=True)
     (stopped / CHECKPOINT).write_bytes(b"")
