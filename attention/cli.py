@@ -325,6 +325,19 @@ def cmd_study_report(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_study_targets(args: argparse.Namespace) -> None:
+    from attention.report.targets import write_targets
+
+    table = write_targets(
+        [Path(file) for file in args.files],
+        runs_dir=_runs_dir(args),
+        into=Path(args.into) if args.into else None,
+        data_dir=args.data_dir,
+        device=args.device,
+    )
+    print(f"wrote {args.into}" if args.into else table, end="\n" if args.into else "")
+
+
 def cmd_search(args: argparse.Namespace) -> None:
     words = args.words
     if words[0] == "report" and len(words) == 2:
@@ -534,6 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(study_report)
     device(study_report)
     study_report.set_defaults(func=cmd_study_report)
+    study_targets = study_commands.add_parser(
+        "targets", help="one table of every row with a target across studies: met or missed, by how much"
+    )
+    study_targets.add_argument("files", nargs="+", metavar="file")
+    study_targets.add_argument("--runs-dir", help="where the studies' runs are (default: results/runs)")
+    study_targets.add_argument(
+        "--into",
+        help="put the table between '<!-- targets -->' and '<!-- end of targets -->' of this document",
+    )
+    data_dir(study_targets)
+    device(study_targets)
+    study_targets.set_defaults(func=cmd_study_targets)
 
     search = commands.add_parser(
         "search",

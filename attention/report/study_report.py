@@ -465,11 +465,16 @@ def markers(name: str) -> tuple[str, str]:
 def replace_section(document: str, name: str, section: str) -> str:
     """``document`` with the text between the study's two marker lines replaced by ``section``; the prose
     outside the markers stays as written."""
-    begin, end = markers(name)
+    return replace_between(document, *markers(name), section)
+
+
+def replace_between(document: str, begin: str, end: str, section: str) -> str:
+    """``document`` with the text between the lines ``begin`` and ``end`` replaced by ``section``; refused
+    unless each is there once, in that order."""
     if document.count(begin) != 1 or document.count(end) != 1 or document.index(begin) > document.index(end):
         raise AttentionError(
             f"the document needs the lines '{begin}' and '{end}' once each, in that order, around where "
-            "the study goes: add them"
+            "the table goes: add them"
         )
     head, rest = document.split(begin, 1)
     _, tail = rest.split(end, 1)
