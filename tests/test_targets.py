@@ -100,3 +100,12 @@ def test_into_a_document_without_the_markers_is_refused_and_left_alone(tmp_path)
     with pytest.raises(AttentionError, match="<!-- targets -->"):
         write_targets([path], runs_dir=tmp_path / "runs", into=into)
     assert into.read_text() == "# Results\n"
+
+
+def test_searches_beside_the_studies_are_passed_over_and_searches_alone_refused(tmp_path):
+    path = study_file(tmp_path, "first", "Table A")
+    search = tmp_path / "search.toml"
+    search.write_text('title = "s"\ntrials = 2\n[space."train.learning_rate"]\nlow = 1e-4\nhigh = 1e-2\n')
+    assert "| Table A | headline |" in write_targets([search, path], runs_dir=tmp_path / "runs")
+    with pytest.raises(AttentionError, match="a search"):
+        write_targets([search], runs_dir=tmp_path / "runs")

@@ -94,6 +94,18 @@ def targets_markdown(studies: list[tuple[Study, list[RowResult]]]) -> str:
     return intro + "\n\n" + "\n".join(lines) + "\n"
 
 
+def is_search_file(path: Path) -> bool:
+    """Whether ``path`` is a search (it has a ``[space]`` table), which has no rows and so no targets: a
+    glob like ``studies/*.toml`` takes in the searches that sit beside the studies."""
+    import tomllib
+
+    try:
+        with Path(path).open("rb") as handle:
+            return "space" in tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # not readable as TOML: load_study says what is wrong with it
+
+
 def write_targets(
     study_files: list[Path],
     *,
@@ -110,7 +122,9 @@ def write_targets(
         if not into.is_file():
             raise AttentionError(f"{into} does not exist: --into updates a document that has the markers")
         replace_between(into.read_text(), *MARKERS, "")
-    studies = [load_study(path) for path in study_files]
+    studies = [load_study(path) for path in study_files if not is_search_file(path)]
+    if not studies:
+        raise AttentionError("every file given is a search ([space]), not a study: give study files")
     cache_dir = evaluation_cache_dir(Path(runs_dir))
     collected = [
         (study, collect(study, Path(runs_dir), cache_dir=cache_dir, data_dir=data_dir, device=device))
