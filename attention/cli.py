@@ -285,7 +285,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_study_status(args: argparse.Namespace) -> None:
-    from attention.study import load_study
+    from attention.study import is_search_file, load_study
     from attention.study_status import (
         status_lines,
         stored_errors,
@@ -296,7 +296,10 @@ def cmd_study_status(args: argparse.Namespace) -> None:
 
     runs_dir = _runs_dir(args)
     everything = []
-    for number, file in enumerate(args.files):
+    files = [file for file in args.files if not is_search_file(Path(file))]  # a glob takes in searches
+    if not files:
+        raise AttentionError("every file given is a search ([space]), not a study: give study files")
+    for number, file in enumerate(files):
         study = load_study(file)
         statuses = study_status(study, runs_dir, stored_errors(study, args.storage))
         everything += statuses
@@ -304,8 +307,8 @@ def cmd_study_status(args: argparse.Namespace) -> None:
             print(json.dumps({"study": file, "units": [summary_dict(s) for s in statuses]}))
             continue
         print(("\n" if number else "") + "\n".join(status_lines(study, statuses)))
-    if len(args.files) > 1 and not args.json:  # a queue of studies: runs they share counted once
-        total = time_left_lines(everything, f"all {len(args.files)} files, still to train")
+    if len(files) > 1 and not args.json:  # a queue of studies: runs they share counted once
+        total = time_left_lines(everything, f"all {len(files)} files, still to train")
         if total:
             print("\n".join(["", *total]))
 

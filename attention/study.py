@@ -315,6 +315,16 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
     return Study(path, title, source, tuple(rows), evaluation, tuple(compare))
 
 
+def is_search_file(path: Path) -> bool:
+    """Whether ``path`` is a search (it has a ``[space]`` table), which has no rows and so no targets: a
+    glob like ``studies/*.toml`` takes in the searches that sit beside the studies."""
+    try:
+        with Path(path).open("rb") as handle:
+            return "space" in tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False  # not readable as TOML: load_study says what is wrong with it
+
+
 def unit_config(unit: Unit, runs_dir: Path) -> Config | None:
     """The resolved config of ``unit``: for a later stage, started from the run of the stage before it for
     the same seed; None when that run has not finished yet."""

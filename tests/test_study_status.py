@@ -150,7 +150,9 @@ def test_over_several_studies_a_shared_run_counts_once_and_each_row_keeps_its_ow
     assert seconds_left(everything) == (40.0, 1, 0)
 
 
-def test_cli_study_status_prints_json_per_study(study, tmp_path):
+def test_cli_study_status_prints_json_per_study_and_passes_over_searches(study, tmp_path):
+    search = tmp_path / "search.toml"  # what a glob like studies/*.toml takes in beside the studies
+    search.write_text('title = "s"\ntrials = 2\n[space."train.learning_rate"]\nlow = 1e-4\nhigh = 1e-2\n')
     out = subprocess.run(
         [
             sys.executable,
@@ -158,6 +160,7 @@ def test_cli_study_status_prints_json_per_study(study, tmp_path):
             "attention",
             "study",
             "status",
+            str(search),
             str(study.path),
             "--json",
             "--runs-dir",
@@ -167,7 +170,8 @@ def test_cli_study_status_prints_json_per_study(study, tmp_path):
         text=True,
         check=True,
     ).stdout
-    units = json.loads(out)["units"]
+    [line] = out.splitlines()  # the study's; none for the search
+    units = json.loads(line)["units"]
     assert sorted(u["state"] for u in units) == [NOT_STARTED, NOT_STARTED, NOT_STARTED, WAITING]
     assert {(u["row"], u["seed"], u["stage"], u["epochs"]) for u in units if u["state"] == NOT_STARTED} == {
         ("one stage", 0, 1, 10),

@@ -18,7 +18,7 @@ from attention.report.evaluation import evaluation_cache_dir
 from attention.report.stats import seed_summary
 from attention.report.study_report import RowResult, collect, minutes, replace_between, target_text
 from attention.runs import DEFAULT_RUNS_DIR
-from attention.study import Study, load_study
+from attention.study import Study, is_search_file, load_study
 
 MARKERS = ("<!-- targets -->", "<!-- end of targets -->")
 """The lines between which ``--into`` puts the table in a Markdown document."""
@@ -92,18 +92,6 @@ def targets_markdown(studies: list[tuple[Study, list[RowResult]]]) -> str:
         "recipe are likely to help."
     )
     return intro + "\n\n" + "\n".join(lines) + "\n"
-
-
-def is_search_file(path: Path) -> bool:
-    """Whether ``path`` is a search (it has a ``[space]`` table), which has no rows and so no targets: a
-    glob like ``studies/*.toml`` takes in the searches that sit beside the studies."""
-    import tomllib
-
-    try:
-        with Path(path).open("rb") as handle:
-            return "space" in tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
-        return False  # not readable as TOML: load_study says what is wrong with it
 
 
 def write_targets(
