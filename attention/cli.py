@@ -285,7 +285,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_study_status(args: argparse.Namespace) -> None:
-    from attention.study import is_search_file, load_study
+    from attention.study import load_study, study_files
     from attention.study_status import (
         status_lines,
         stored_errors,
@@ -296,9 +296,7 @@ def cmd_study_status(args: argparse.Namespace) -> None:
 
     runs_dir = _runs_dir(args)
     everything = []
-    files = [file for file in args.files if not is_search_file(Path(file))]  # a glob takes in searches
-    if not files:
-        raise AttentionError("every file given is a search ([space]), not a study: give study files")
+    files = [str(path) for path in study_files(args.files)]  # a glob takes in searches: passed over
     for number, file in enumerate(files):
         study = load_study(file)
         statuses = study_status(study, runs_dir, stored_errors(study, args.storage))

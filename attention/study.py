@@ -325,6 +325,14 @@ def is_search_file(path: Path) -> bool:
         return False  # not readable as TOML: load_study says what is wrong with it
 
 
+def study_files(paths: list[Path]) -> list[Path]:
+    """``paths`` less the searches among them (:func:`is_search_file`); refused when nothing else is left."""
+    studies = [Path(path) for path in paths if not is_search_file(Path(path))]
+    if not studies:
+        raise AttentionError("every file given is a search ([space]), not a study: give study files")
+    return studies
+
+
 def unit_config(unit: Unit, runs_dir: Path) -> Config | None:
     """The resolved config of ``unit``: for a later stage, started from the run of the stage before it for
     the same seed; None when that run has not finished yet."""

@@ -18,7 +18,8 @@ from attention.report.evaluation import evaluation_cache_dir
 from attention.report.stats import seed_summary
 from attention.report.study_report import RowResult, collect, minutes, replace_between, target_text
 from attention.runs import DEFAULT_RUNS_DIR
-from attention.study import Study, is_search_file, load_study
+from attention.study import Study, load_study
+from attention.study import study_files as only_studies
 
 MARKERS = ("<!-- targets -->", "<!-- end of targets -->")
 """The lines between which ``--into`` puts the table in a Markdown document."""
@@ -95,24 +96,23 @@ def targets_markdown(studies: list[tuple[Study, list[RowResult]]]) -> str:
 
 
 def write_targets(
-    study_files: list[Path],
+    paths: list[Path],
     *,
     runs_dir: Path = DEFAULT_RUNS_DIR,
     into: Path | None = None,
     data_dir=None,
     device=None,
 ) -> str:
-    """The table of :func:`targets_markdown` for ``study_files``; with ``into``, also put it between the
-    :data:`MARKERS` of that Markdown document (refused before anything is evaluated when it lacks them)."""
+    """The table of :func:`targets_markdown` for the studies in ``paths`` (searches passed over); with
+    ``into``, also put it between the :data:`MARKERS` of that Markdown document (refused before anything is
+    evaluated when it lacks them)."""
     from attention.runs import atomic_write_bytes
 
     if into is not None:
         if not into.is_file():
             raise AttentionError(f"{into} does not exist: --into updates a document that has the markers")
         replace_between(into.read_text(), *MARKERS, "")
-    studies = [load_study(path) for path in study_files if not is_search_file(path)]
-    if not studies:
-        raise AttentionError("every file given is a search ([space]), not a study: give study files")
+    studies = [load_study(path) for path in only_studies(paths)]
     cache_dir = evaluation_cache_dir(Path(runs_dir))
     collected = [
         (study, collect(study, Path(runs_dir), cache_dir=cache_dir, data_dir=data_dir, device=device))
