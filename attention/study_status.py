@@ -228,8 +228,8 @@ def time_left_lines(statuses: list[UnitStatus], heading: str = "still to train")
     known = (
         f"about {_duration(left)} of one worker at each row's pace so far" if left else "no pace known yet"
     )
-    more = [f"{unknown} runs with no pace yet"] if unknown else []
-    more += [f"{waiting} units waiting for an earlier stage"] if waiting else []
+    more = [f"{_count(unknown, 'run')} with no pace yet"] if unknown else []
+    more += [f"{_count(waiting, 'unit')} waiting for an earlier stage"] if waiting else []
     return [f"{heading}: {known}" + (f" (and {', '.join(more)})" if more else "")]
 
 
@@ -248,3 +248,7 @@ def summary_dict(status: UnitStatus) -> dict[str, Any]:
         "run_dir": None if status.run_dir is None else str(status.run_dir),
         "error": status.error,
     }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

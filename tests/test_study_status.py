@@ -110,6 +110,8 @@ def test_a_unit_not_started_takes_its_rows_pace_from_another_seed(study, tmp_pat
     }
     # seed 0: 8 epochs at 5 s; seed 1: 10 epochs at the row's 5 s; row two: stage 1 has no pace, stage 2 waits
     assert seconds_left(statuses) == (8 * 5.0 + 10 * 5.0, 1, 1)
+    text = "\n".join(status_lines(study, statuses))
+    assert "(and 1 run with no pace yet, 1 unit waiting for an earlier stage)" in text
 
 
 def test_a_run_two_rows_share_counts_once_and_a_time_budget_caps_what_is_left(tmp_path):
