@@ -1,5 +1,5 @@
 """How to split a CPU's cores between training processes: the measurement behind the default worker layout
-of ``study run`` and ``search`` (one single-thread worker per core; attention/engine.py).
+of ``study run`` and ``search`` (one single-thread worker per core; attention/launch.py: default_workers).
 
 Each layout (P processes x T threads, P x T = the cores) trains the same model in P processes at once for
 the same wall-clock window; its figure is the images per second summed over the processes.

@@ -29,10 +29,9 @@ from attention.engine import (
     WorkerSpec,
     check_still_running,
     enqueue,
-    launch,
-    open_study,
-    worker_layout,
 )
+from attention.launch import launch, worker_layout
+from attention.storage import open_study
 from attention.study import check_keys, overrides_table, read_toml_file, recipe_overrides
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,10 @@ import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
-from attention.engine import KEY, default_storage, journal_path, open_storage
+from attention.engine import KEY
 from attention.runs import atomic_write_bytes
 from attention.search import Search, load_search
+from attention.storage import default_storage, journal_path, open_storage
 from attention.study import study_folder
 
 

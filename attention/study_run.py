@@ -29,11 +29,10 @@ from attention.engine import (
     WorkerSpec,
     check_still_running,
     enqueue,
-    launch,
-    open_study,
-    worker_layout,
 )
+from attention.launch import launch, worker_layout
 from attention.runs import CHECKPOINT, DEFAULT_RUNS_DIR, RESULT, RunBusy, run_is_busy
+from attention.storage import open_study
 from attention.study import (
     Selection,
     Study,

@@ -114,7 +114,8 @@ def stored_errors(study: Study, storage: str | None) -> dict[str, str]:
     storage does not exist yet (nothing has run) or holds no such study."""
     import optuna
 
-    from attention.engine import default_storage, failed_items, journal_path, open_storage
+    from attention.engine import failed_items
+    from attention.storage import default_storage, journal_path, open_storage
     from attention.study_run import study_name
 
     url = storage or default_storage(study.path)

@@ -19,9 +19,10 @@ from optuna.trial import TrialState
 from search_files import tiny_search_text
 
 from attention import AttentionError
-from attention.engine import HEARTBEAT, KEY, open_storage
+from attention.engine import HEARTBEAT, KEY
 from attention.runs import CHECKPOINT, RESULT, read_metrics
 from attention.search import draws, load_search, run_search
+from attention.storage import open_storage, storage_lock
 from attention.study import Unit, load_study, unit_config, unit_run
 from attention.study_run import run_study
 from attention.study_status import FAILED, FINISHED, stored_errors, study_status
@@ -364,7 +365,7 @@ def test_the_pruner_stops_a_trial_before_its_last_epoch_but_never_at_it():
 
 
 def study_work(study_file: Path, storage: str, runs: Path, mnist_dir: Path):
-    from attention.engine import WorkerSpec, storage_lock
+    from attention.engine import WorkerSpec
     from attention.study_run import work
 
     spec = WorkerSpec(
@@ -545,7 +546,7 @@ def test_a_worker_waits_while_a_later_file_still_trains_and_stops_when_every_fil
 def test_a_unit_taken_by_another_process_as_it_got_ready_is_handed_back_and_claimed_once_free(
     mnist_dir, tmp_path
 ):
-    from attention.engine import ENDED, claim, run_trial, storage_lock
+    from attention.engine import ENDED, claim, run_trial
     from attention.runs import holding_run
 
     study_file, _ = write_files(tmp_path)
@@ -589,7 +590,7 @@ def test_a_worker_resolves_each_ready_units_run_once_and_a_later_stage_once_its_
     import collections
 
     import attention.study_run as study_run
-    from attention.engine import claim, storage_lock
+    from attention.engine import claim
 
     calls: collections.Counter = collections.Counter()
 
@@ -640,7 +641,7 @@ def waiting_keys(work) -> list[str]:
 def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(monkeypatch, tmp_path):
     import torch
 
-    from attention.engine import default_workers
+    from attention.launch import default_workers
 
     cores = len(os.sched_getaffinity(0))
     assert default_workers("cpu") == (cores, ["cpu"] * cores, 1)
@@ -720,7 +721,7 @@ def test_a_study_run_limited_to_some_rows_and_seeds_trains_those_and_leaves_the_
 ):
     import threading
 
-    from attention.engine import WorkerSpec, storage_lock
+    from attention.engine import WorkerSpec
     from attention.study import Selection
     from attention.study_run import is_finished, work
 

@@ -263,8 +263,9 @@ def test_a_search_with_populations_runs_each_draw_once_as_its_own_trial(mnist_di
     import optuna
     from optuna.trial import TrialState
 
-    from attention.engine import KEY, open_storage
+    from attention.engine import KEY
     from attention.search import draws, load_search, run_search
+    from attention.storage import open_storage
 
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "tiny.toml").write_text('[data]\ntask = "mnist"\n')
