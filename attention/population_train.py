@@ -35,6 +35,14 @@ from attention.data.mnist import load_mnist
 from attention.data.tasks import FixedSet, TrainingStream, fixed_set, to_float
 from attention.evaluate import evaluate_model
 from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
+from attention.run_records import (
+    checkpoint_record,
+    load_initial_weights,
+    new_state,
+    read_checkpoint,
+    record_validation,
+    result_record,
+)
 from attention.runs import (
     CHECKPOINT,
     CONFIG,
@@ -49,18 +57,7 @@ from attention.runs import (
     write_metrics,
 )
 from attention.tasks.classify import ClassifyTask
-from attention.train import (
-    checkpoint_record,
-    divergence_message,
-    load_initial_weights,
-    lr_factor,
-    make_optimizer,
-    new_state,
-    read_checkpoint,
-    record_validation,
-    result_record,
-    seeded_generator,
-)
+from attention.train import divergence_message, lr_factor, make_optimizer, seeded_generator
 
 log = logging.getLogger(__name__)
 

@@ -399,7 +399,7 @@ def test_init_from_starts_a_run_from_another_runs_weights(mnist_dir, tmp_path):
     # another task and seed, same shapes: the retina's weights do not depend on the image size
     config = smoke(**{"train.epochs": 1, "train.seed": 5, "data.task": "translated", "data.canvas_size": 40})
     from attention.build import make_model
-    from attention.train import load_initial_weights
+    from attention.run_records import load_initial_weights
 
     model = make_model(resolve_config(config), torch.device("cpu"))
     digest = load_initial_weights(model, tmp_path / "a", torch.device("cpu"))
