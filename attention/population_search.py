@@ -1,7 +1,7 @@
 """A search worker that trains populations: ``attention search FILE --population K``.
 
 It claims up to K waiting trials that can train together (they differ only in the fields a population
-allows per trial, attention/population_train.py) and trains them with :func:`fit_population`. Each trial
+allows per trial, attention/population_trials.py) and trains them with :func:`fit_population`. Each trial
 stays an Optuna trial of its own: its own heartbeat, its own run directory (recorded as ``run_dir``), its
 validation error reported to the pruner after each of its epochs, and its own ending (a value, pruned,
 failed with an error) recorded as soon as it ends, while the others go on. Everything else is the engine's
@@ -32,7 +32,8 @@ from attention.engine import (
     heartbeat,
     next_trial,
 )
-from attention.population_train import Outcome, fit_population, population_mismatch
+from attention.population_train import Outcome, fit_population
+from attention.population_trials import population_mismatch
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from attention import AttentionError
 from attention.build import make_model, resolve_config
 from attention.config import Config, with_overrides
 from attention.population import PopulationAdam, PopulationRAM, _stacked_linear
-from attention.population_train import check_population, fit_population
+from attention.population_train import fit_population
+from attention.population_trials import check_population
 from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, run_is_busy, safe_load
 from attention.train import fit, make_optimizer
 
