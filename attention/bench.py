@@ -1,4 +1,5 @@
-"""``attention bench``: training throughput, data-generation throughput and inference cost vs image size.
+"""``attention bench``: training throughput, data-generation throughput and inference cost vs image size
+(attention/bench_scaling.py).
 
 Speed is measured here and nowhere else (no timed tests). Every figure is a median over repeated timed
 repetitions after a warm-up, with min and max, on synthetic inputs of the right shape (data generation on
@@ -80,23 +81,6 @@ TRAINING_CASES = (
 # (attention/linear.py), and PyTorch's huge-page allocation
 # (THP_MEM_ALLOC_ENABLE=1), which changes how often reads from a large image batch miss the TLB.
 TIMING_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "THP_MEM_ALLOC_ENABLE", "ATTENTION_ONEDNN_LINEAR")
-
-SCALING_SIZES = (60, 100, 200, 400, 800, 1000)
-SCALING_MODELS = {
-    "RAM (6 glimpses 12x12, 3 scales)": {
-        "model.num_glimpses": 6,
-        "model.reader.patch_size": 12,
-        "model.reader.num_scales": 3,
-    },
-    "soft attention (6 glimpses N=12)": {
-        "model.num_glimpses": 6,
-        "model.reader.name": "filterbank",
-        "model.reader.grid_size": 12,
-        "model.where.policy": "deterministic",
-    },
-    "CNN (8 10x10 filters stride 5, 256)": {"model.name": "cnn"},
-    "FC (256, 256)": {"model.name": "fc"},
-}
 
 
 def timed(function: Callable[[], Any], *, warmup: int, repeats: int) -> list[float]:
@@ -223,52 +207,6 @@ def _training_throughput(
     return row
 
 
-def inference_cost(
-    name: str,
-    overrides: dict[str, Any],
-    size: int,
-    *,
-    batch: int,
-    warmup: int,
-    repeats: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    from attention.model import build_model
-
-    config = with_overrides(Config(), overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(config.model, image_size=(size, size)).to(device).eval()
-    images = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    @torch.no_grad()
-    def forward():
-        model.unroll(images, sample=False, generator=generator)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return _cost_row(
-        {"model": name, "image_size": size, "batch": batch}, timed(forward, warmup=warmup, repeats=repeats)
-    )
-
-
-def _cost_row(key: dict[str, Any], times: list[float]) -> dict[str, Any]:
-    per_image = sorted(1000 * t / key["batch"] for t in times)
-    return {
-        **key,
-        "ms_per_image": statistics.median(per_image),
-        "min": per_image[0],
-        "max": per_image[-1],
-        "seconds": times,
-    }
-
-
-def pool_cost_rounds(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    key = {k: rows[0][k] for k in ("model", "image_size", "batch")}
-    return {**_cost_row(key, [t for row in rows for t in row["seconds"]]), "rounds": len(rows)}
-
-
 def machine(device: torch.device | None = None) -> dict[str, Any]:
     """The machine and settings behind the timings. ``linear_kernel``: :func:`attention.linear.kernel_report`
     (the kernel chosen for the linear layers, why, and the CPU model, vector extensions and oneDNN's ISA)."""
@@ -309,6 +247,7 @@ def run(
     each eager training case's step is also timed with the linear layers forced onto each kernel, in the
     same rounds (``row["kernels"]``), beside the measured choice that training gets."""
     from attention import AttentionError
+    from attention.bench_scaling import SCALING_SIZES, measure_scaling  # it imports this module's timed
     from attention.data.mnist import load_mnist
 
     device = device or torch.device("cpu")
@@ -359,28 +298,9 @@ def run(
             rows.append(row)
     training = [pool_rounds(rows) for rows in training_rounds]
     sizes = (SCALING_SIZES[:2] if quick else SCALING_SIZES) if scaling else ()
-    points = [
-        (name, overrides, size, batch)
-        for name, overrides in SCALING_MODELS.items()
-        for size in sizes
-        for batch in (128, 1)
-    ]
-    scaling_rounds: list[list[dict[str, Any]]] = [[] for _ in points]
-    for round_ in range(rounds):
-        for rows, (name, overrides, size, batch) in zip(scaling_rounds, points, strict=True):
-            progress(f"round {round_ + 1}/{rounds} inference: {name}, {size}x{size}, batch {batch}")
-            rows.append(
-                inference_cost(
-                    name,
-                    overrides,
-                    size,
-                    batch=batch,
-                    warmup=warmup,
-                    repeats=max(3, repeats // (4 if batch == 128 and size >= 800 else 1)),
-                    device=device,
-                )
-            )
-    scaling = [pool_cost_rounds(rows) for rows in scaling_rounds]
+    scaling_rows = measure_scaling(
+        sizes, rounds=rounds, warmup=warmup, repeats=repeats, device=device, progress=progress
+    )
     return {
         "machine": machine(device),
         "device": str(device),
@@ -388,7 +308,7 @@ def run(
         "repeats": repeats,
         "rounds": rounds,
         "training": training,
-        "scaling": scaling,
+        "scaling": scaling_rows,
     }
 
 
@@ -427,60 +347,6 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(line)
     if not result["scaling"]:
         return "\n".join(lines) + "\n"
-    lines += ["", "Inference cost per image (ms) against image size", ""]
-    sizes = sorted({r["image_size"] for r in result["scaling"]})
-    header = f"  {'model':<40} {'batch':>5} " + " ".join(f"{s:>9}" for s in sizes)
-    lines.append(header)
-    models = list(dict.fromkeys(r["model"] for r in result["scaling"]))
-    for model in models:
-        for batch in (128, 1):
-            cells = {
-                r["image_size"]: r["ms_per_image"]
-                for r in result["scaling"]
-                if r["model"] == model and r["batch"] == batch
-            }
-            lines.append(f"  {model:<40} {batch:>5} " + " ".join(f"{cells[s]:>9.4f}" for s in sizes))
-    lines += ["", *crossovers(result)]
-    return "\n".join(lines) + "\n"
+    from attention.bench_scaling import format_scaling  # it imports this module's timed
 
-
-def crossovers(result: dict[str, Any], reference: str = "RAM", other: str = "CNN") -> list[str]:
-    """Where the CNN's cost per image overtakes RAM's, per batch size."""
-    notes = []
-    for batch in (128, 1):
-        ram = {
-            r["image_size"]: r["ms_per_image"]
-            for r in result["scaling"]
-            if r["model"].startswith(reference) and r["batch"] == batch
-        }
-        cnn = {
-            r["image_size"]: r["ms_per_image"]
-            for r in result["scaling"]
-            if r["model"].startswith(other) and r["batch"] == batch
-        }
-        sizes = sorted(set(ram) & set(cnn))
-        above = [s for s in sizes if cnn[s] > ram[s]]
-        if not sizes:
-            continue
-        if not above:
-            notes.append(f"batch {batch}: the CNN stays cheaper than RAM up to {sizes[-1]}x{sizes[-1]}")
-        elif above[0] == sizes[0]:
-            notes.append(
-                f"batch {batch}: RAM is cheaper than the CNN from the smallest size, {sizes[0]}x{sizes[0]}"
-            )
-        else:
-            below = max(s for s in sizes if s < above[0])
-            notes.append(
-                f"batch {batch}: the CNN becomes dearer than RAM between {below} and {above[0]} pixels"
-            )
-        growth = ram[sizes[-1]] / ram[sizes[0]]
-        notes.append(
-            f"batch {batch}: RAM's cost per image at {sizes[-1]} is {growth:.2f}x its cost at {sizes[0]}"
-        )
-    return notes
-
-
-def save_scaling_figure(result: dict[str, Any], out) -> None:
-    from attention.report.figures import plot_scaling, save_figure
-
-    save_figure(lambda ax: plot_scaling(ax, result["scaling"]), out, size=(9.5, 4.5))
+    return "\n".join([*lines, "", *format_scaling(result["scaling"])]) + "\n"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from attention import bench
+from attention import bench, bench_scaling
 from attention.report.figures import (
     plot_error_against_glimpses,
     plot_glimpse_path,
@@ -20,9 +20,9 @@ def test_training_throughput_reports_median_min_max():
 
 
 def test_inference_cost_row_has_the_documented_fields():
-    row = bench.inference_cost(
+    row = bench_scaling.inference_cost(
         "RAM",
-        bench.SCALING_MODELS["RAM (6 glimpses 12x12, 3 scales)"],
+        bench_scaling.SCALING_MODELS["RAM (6 glimpses 12x12, 3 scales)"],
         60,
         batch=2,
         warmup=1,
@@ -43,7 +43,7 @@ def synthetic_scaling():
 
 
 def test_crossover_is_found_between_the_sizes_where_the_cnn_overtakes_ram():
-    notes = bench.crossovers(synthetic_scaling())
+    notes = bench_scaling.crossovers(synthetic_scaling())
     assert "batch 128: the CNN becomes dearer than RAM between 100 and 200 pixels" in notes
     assert "batch 1: the CNN stays cheaper than RAM up to 200x200" in notes
 
@@ -76,7 +76,7 @@ def test_rounds_are_pooled_into_one_median_over_all_their_timings():
     assert pooled["images_per_s"] == 0.5 and pooled["min"] == 0.5 and pooled["max"] == 2.0
     assert pooled["rounds"] == 2 and len(pooled["seconds"]) == 5
     assert pooled["data_generation"]["images_per_s"] == 1.5
-    cost = bench.pool_cost_rounds(
+    cost = bench_scaling.pool_cost_rounds(
         [
             {"model": "m", "image_size": 60, "batch": 1, "seconds": [0.001]},
             {"model": "m", "image_size": 60, "batch": 1, "seconds": [0.003, 0.002]},

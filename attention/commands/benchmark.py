@@ -48,7 +48,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         write_json(Path(args.json), result)
         print(f"wrote {args.json}")
     if args.figure:
-        bench.save_scaling_figure(result, Path(args.figure))
+        from attention.bench_scaling import save_scaling_figure
+
+        save_scaling_figure(result, Path(args.figure))
         print(f"wrote {args.figure}")
 
 
