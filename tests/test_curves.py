@@ -13,14 +13,8 @@ from attention.report.curves import (
     WORSE,
     read_curve,
 )
-from attention.report.study_report import (
-    RowResult,
-    SeedResult,
-    budget_lines,
-    curve_lines,
-    seed_curve,
-    target_text,
-)
+from attention.report.study_report import budget_lines, curve_lines, target_text
+from attention.report.study_results import RowResult, SeedResult, seed_curve
 from attention.runs import read_metrics, write_json, write_metrics
 from attention.study import Row
 

@@ -6,7 +6,7 @@ import pytest
 
 from attention import AttentionError
 from attention.report.curves import CurveReading
-from attention.report.study_report import RowResult, SeedResult
+from attention.report.study_results import RowResult, SeedResult
 from attention.report.targets import MARKERS, targets_markdown, write_targets
 from attention.study import load_study
 

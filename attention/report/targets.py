@@ -3,7 +3,7 @@ all the given studies, in one table: the seed mean against the target, met or mi
 of the row's seeds it stands on, and how each seed's training ended.
 
 It answers "where do we stand?" without reading every study's section, and it renders from the same runs
-and evaluation cache as ``attention study report`` (:func:`attention.report.study_report.collect`), so it
+and evaluation cache as ``attention study report`` (:func:`attention.report.study_results.collect`), so it
 cannot disagree with the studies' own tables. Nothing here trains.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 from attention import AttentionError
 from attention.report.evaluation import evaluation_cache_dir
 from attention.report.stats import seed_summary
-from attention.report.study_report import RowResult, collect, minutes, replace_between, target_text
+from attention.report.study_report import replace_between, target_text
+from attention.report.study_results import RowResult, collect, minutes
 from attention.runs import DEFAULT_RUNS_DIR
 from attention.study import Study, load_study
 from attention.study import study_files as only_studies
