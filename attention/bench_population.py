@@ -74,7 +74,8 @@ def _stepper(population: int, overrides: dict[str, Any], device: Any):
     from attention.bench import synthetic_training_step
     from attention.build import make_model, resolve_config
     from attention.config import Config, with_overrides
-    from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
+    from attention.population import PopulationRAM, hybrid_per_trial
+    from attention.population_adam import PopulationAdam
 
     if population == 1:
         _, step = synthetic_training_step(

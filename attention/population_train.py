@@ -32,7 +32,8 @@ from attention.build import pick_device, resolve_config
 from attention.config import Config, config_hash
 from attention.data.mnist import load_mnist
 from attention.data.tasks import FixedSet, fixed_set, to_float
-from attention.population import PopulationAdam, PopulationRAM, hybrid_per_trial
+from attention.population import PopulationRAM, hybrid_per_trial
+from attention.population_adam import PopulationAdam
 from attention.population_trials import (
     Trial,
     check_population,

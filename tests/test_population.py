@@ -20,7 +20,8 @@ from search_files import tiny_search_text
 from attention import AttentionError
 from attention.build import make_model, resolve_config
 from attention.config import Config, with_overrides
-from attention.population import PopulationAdam, PopulationRAM, _stacked_linear
+from attention.population import PopulationRAM, _stacked_linear
+from attention.population_adam import PopulationAdam
 from attention.population_train import fit_population
 from attention.population_trials import check_population
 from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, run_is_busy, safe_load
