@@ -39,10 +39,10 @@ from attention.population_trials import (
     check_population,
     finish_trial,
     open_trial,
-    torch_optimizer_state,
+    set_torch_optimizer_state,
 )
-from attention.run_records import checkpoint_record, record_validation
-from attention.runs import CHECKPOINT, atomic_torch_save, write_metrics
+from attention.run_records import record_validation
+from attention.runs import git_revision, write_metrics
 from attention.train import divergence_message, lr_factor, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def fit_population(
     outcomes: list[Outcome | None] = [None] * len(configs)
 
     locks: dict[int, contextlib.ExitStack] = {}
+    revision = git_revision()  # the code this call starts with, for every trial's result
 
     def end(k: int, outcome: Outcome) -> None:
         outcomes[k] = outcome
@@ -123,7 +124,9 @@ def fit_population(
             try:
                 if directories[k].resolve() in {d.resolve() for d in directories[:k]}:
                     raise AttentionError(f"{directories[k]} is the run of two trials of this population")
-                trial = open_trial(k, config, directories[k], mnist, device_, resume, locks[k])
+                trial = open_trial(
+                    k, config, directories[k], mnist, device_, revision=revision, resume=resume, hold=locks[k]
+                )
             except AttentionError as error:
                 end(k, error)
                 continue
@@ -190,7 +193,7 @@ def _train_together(
                 leaving.append(k)
                 continue
             if outcome:
-                end(trial.index, finish_trial(trial, mnist, device_, size))
+                end(trial.index, finish_trial(trial, size))
                 leaving.append(k)
         if leaving:
             trials = [trial for k, trial in enumerate(trials) if k not in leaving]
@@ -325,7 +328,7 @@ def _end_epoch(
     state["train_seconds"] += epoch_seconds
     weights = population.trial_state(k)
     if record_validation(state, val_error, trial.config):
-        trial.best_weights = weights
+        trial.checkpoint.best_weights = weights
     trial.metrics.append(
         {
             "epoch": state["epoch"],
@@ -336,20 +339,11 @@ def _end_epoch(
         }
     )
     write_metrics(trial.run_dir, trial.metrics)
+    # the trial's single model and torch optimizer take its part of the population, so its checkpoint is
+    # the one fit writes (and resumes)
     trial.model.load_state_dict(weights)
-    atomic_torch_save(
-        trial.run_dir / CHECKPOINT,
-        checkpoint_record(
-            model=weights,
-            optimizer=torch_optimizer_state(trial, optimizer.trial_state(k), training["lr"]),
-            best_model=trial.best_weights,
-            # the classification task's stream, as its state_dict() names it (fit resumes it)
-            task_state={"data_generator": trial.data_generator.get_state()},
-            sample_generator=trial.sample_generator,
-            state=state,
-            device=population.flat.device,
-        ),
-    )
+    set_torch_optimizer_state(trial, optimizer.trial_state(k), training["lr"])
+    trial.checkpoint.save()
     log.info(
         "%s epoch %d: loss %.4f train error %.2f%% val error %.2f%%",
         trial.run_dir.name,

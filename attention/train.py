@@ -3,16 +3,20 @@
 The same function serves the CLI, studies and search objectives, for every task: the task
 (:mod:`attention.tasks`) says what a batch is, how a rollout becomes losses, how the model is evaluated
 and which number selects the best weights (the validation error of an image task, the validation miss rate
-of a game). ``fit`` is three pieces: the epoch loop, the ``Checkpoint`` (everything a resumed run needs,
-saved and restored in one place, attention/run_records.py) and the final result.
+of a game). ``fit`` is three pieces: ``open_run`` (a finished run's result, or the ``Checkpoint`` of one to
+train, attention/run_records.py, restored when it resumes), the epoch loop, and ``finish_run`` (model.pt,
+the test evaluation, result.json). A population's trials (attention/population_trials.py) open and finish
+through the same two functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,32 +234,93 @@ def _train_epochs(
     return True
 
 
-def _final_result(
-    checkpoint: Checkpoint,
-    *,
+@dataclass
+class OpenRun:
+    """A run ready to train (``fit``'s and a population trial's): its identity and the ``Checkpoint``
+    holding its model, optimizer, task and streams, restored when it resumes, with its metrics so far."""
+
+    config: Config
+    run_dir: Path
+    identity: str
+    revision: str | None  # the code the training call started with
+    init_digest: str | None
+    checkpoint: Checkpoint
+    metrics: list[dict[str, Any]]
+
+
+def open_run(
     config: Config,
-    identity: str,
-    revision: str | None,
-    init_digest: str | None,
     run_dir: Path,
-) -> dict[str, Any]:
-    """Load the best weights, save them as the run's weights, evaluate them once and write result.json."""
+    task: Any,
+    device: torch.device,
+    *,
+    revision: str | None,
+    resume: bool,
+    wait: bool,
+    hold: contextlib.ExitStack,
+) -> dict[str, Any] | OpenRun:
+    """A run's prologue: its result if it is finished, otherwise everything to train it, its run directory
+    then held in ``hold`` (:func:`attention.runs.holding_run`; another process training it is refused, or
+    with ``wait`` waited for). The model and the training data are made before anything is written, so an
+    impossible config or missing data leaves no run directory behind."""
+    if (done := finished_result(run_dir, config, resume=resume)) is not None:
+        return done
+    model = make_model(config, device)
+    init_from = config.train.init_from
+    init_digest = load_initial_weights(model, init_from, device) if init_from else None
+    task.steps_per_epoch  # noqa: B018 -- loads the training data (or fails) before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hold.enter_context(holding_run(run_dir, wait=wait))
+    # look again: another process may have finished or started this run while we got ready
+    if (done := finished_result(run_dir, config, resume=resume)) is not None:
+        return done
+    if not (run_dir / CONFIG).exists():  # a run's record of what it is, written once
+        write_json(run_dir / CONFIG, to_dict(config))
+    checkpoint = Checkpoint(
+        run_dir / CHECKPOINT,
+        model=model,
+        optimizer=make_optimizer(config, model),
+        task=task,
+        sample_generator=seeded_generator(config.train.seed + 1, device),
+        device=device,
+    )
+    metrics: list[dict[str, Any]] = []
+    if resume and checkpoint.path.exists():
+        checkpoint.restore()
+        metrics = read_metrics(run_dir)[: checkpoint.state["epoch"]]
+        log.info("resuming %s after epoch %d", run_dir, checkpoint.state["epoch"])
+    return OpenRun(
+        config=config,
+        run_dir=run_dir,
+        identity=config_hash(config),
+        revision=revision,
+        init_digest=init_digest,
+        checkpoint=checkpoint,
+        metrics=metrics,
+    )
+
+
+def finish_run(run: OpenRun, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's epilogue: load the best weights, save them as the run's weights, evaluate them once and
+    write result.json (with ``extra`` fields)."""
+    checkpoint = run.checkpoint
     model, state, task = checkpoint.model, checkpoint.state, checkpoint.task
     model.load_state_dict(checkpoint.best_weights)
-    atomic_torch_save(run_dir / WEIGHTS, checkpoint.best_weights)
+    atomic_torch_save(run.run_dir / WEIGHTS, checkpoint.best_weights)
     result = result_record(
-        config=config,
+        config=run.config,
         model=model,
         state=state,
         evaluation=task.evaluate(model),
         selection=task.selection_result(state["best_error"]),
         epochs_budget=task.num_epochs,
-        identity=identity,
-        revision=revision,
-        init_digest=init_digest,
+        identity=run.identity,
+        revision=run.revision,
+        init_digest=run.init_digest,
         device=checkpoint.device,
     )
-    write_json(run_dir / RESULT, result)
+    result.update(extra or {})
+    write_json(run.run_dir / RESULT, result)
     return result
 
 
@@ -286,52 +351,24 @@ def fit(
     """
     config = resolve_config(config)
     revision = git_revision()  # the code this call starts with, not whatever is checked out at the end
-    identity = config_hash(config)
-    run_dir = Path(run_dir) if run_dir else Path(runs_dir) / identity
+    run_dir = Path(run_dir) if run_dir else Path(runs_dir) / config_hash(config)
     device_ = pick_device(device)
-    if (done := finished_result(run_dir, config, resume=resume)) is not None:
-        return done
-    model = make_model(config, device_)  # refuses impossible models before anything is written
-    init_from = config.train.init_from
-    init_digest = load_initial_weights(model, init_from, device_) if init_from else None
     task = TASKS.get(config.data.task)(config, data_dir=data_dir, device=device_)
-    task.steps_per_epoch  # noqa: B018 -- loads the training data (or fails) before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with holding_run(run_dir, wait=wait_if_busy):
-        # look again: another process may have finished or started this run while we got ready
-        if (done := finished_result(run_dir, config, resume=resume)) is not None:
-            return done
-        if not (run_dir / CONFIG).exists():  # a run's record of what it is, written once
-            write_json(run_dir / CONFIG, to_dict(config))
-        checkpoint = Checkpoint(
-            run_dir / CHECKPOINT,
-            model=model,
-            optimizer=make_optimizer(config, model),
-            task=task,
-            sample_generator=seeded_generator(config.train.seed + 1, device_),
-            device=device_,
+    with contextlib.ExitStack() as hold:
+        run = open_run(
+            config, run_dir, task, device_, revision=revision, resume=resume, wait=wait_if_busy, hold=hold
         )
-        metrics: list[dict[str, Any]] = []
-        if resume and (run_dir / CHECKPOINT).exists():
-            checkpoint.restore()
-            metrics = read_metrics(run_dir)[: checkpoint.state["epoch"]]
-            log.info("resuming %s after epoch %d", run_dir, checkpoint.state["epoch"])
+        if isinstance(run, dict):  # finished before: its result
+            return run
         finished = _train_epochs(
-            checkpoint,
+            run.checkpoint,
             config=config,
             run_dir=run_dir,
-            metrics=metrics,
+            metrics=run.metrics,
             progress=progress,
             stop_after_epochs=stop_after_epochs,
             on_epoch=on_epoch,
         )
         if not finished:
-            return {"interrupted_after_epoch": checkpoint.state["epoch"], "run_dir": str(run_dir)}
-        return _final_result(
-            checkpoint,
-            config=config,
-            identity=identity,
-            revision=revision,
-            init_digest=init_digest,
-            run_dir=run_dir,
-        )
+            return {"interrupted_after_epoch": run.checkpoint.state["epoch"], "run_dir": str(run_dir)}
+        return finish_run(run)

@@ -210,6 +210,24 @@ def test_a_population_of_three_ends_with_the_weights_of_its_trials_trained_alone
         assert result_together["population_size"] == 3
 
 
+def test_a_run_stopped_alone_continues_in_a_population_to_the_same_end(mnist_dir, tmp_path, alone_runs):
+    # the other direction of the shared checkpoint: trial 1 trains its first epoch with fit, then the
+    # population opens it from that checkpoint (weights, Adam's moments, both random streams, the loop's
+    # state) beside two fresh trials
+    run_dirs = [tmp_path / f"trial{k}" for k in range(len(TRIALS))]
+    configs = [tiny(*trial) for trial in TRIALS]
+    stopped = fit(configs[1], run_dir=run_dirs[1], data_dir=mnist_dir, progress=False, stop_after_epochs=1)
+    assert stopped["interrupted_after_epoch"] == 1
+    outcomes = fit_population(configs, run_dirs=run_dirs, data_dir=mnist_dir, progress=False, resume=True)
+    assert all(isinstance(outcome, dict) for outcome in outcomes), outcomes
+    for k in range(len(TRIALS)):
+        together, alone = safe_load(run_dirs[k] / CHECKPOINT), safe_load(alone_runs[k] / CHECKPOINT)
+        assert together["state"]["epoch"] == alone["state"]["epoch"] == 2
+        for name, value in alone["model"].items():
+            torch.testing.assert_close(together["model"][name], value, **TOLERANCE)
+    assert len((run_dirs[1] / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir, tmp_path, alone_runs):
     # trial 1 diverges (a learning rate no model survives), trial 2's callback stops it after epoch 1 as a
     # pruner would; trial 0 must still end exactly where it ends alone

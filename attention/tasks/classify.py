@@ -95,13 +95,22 @@ class ClassifyTask:
     selection_metric = "val_error_pct"  # the metrics row's validation number
     selection_label = "validation error"  # what a search minimises, as its reports name it (in %)
 
-    def __init__(self, config: Config, *, data_dir: str | Path | None, device: torch.device):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        data_dir: str | Path | None,
+        device: torch.device,
+        mnist: Mnist | None = None,
+    ):
         self.config = config
         self.data_dir = data_dir
         self.device = device
         # the training order, placements and clutter: a stream of its own, saved in every checkpoint
         self.data_generator = torch.Generator().manual_seed(config.train.seed)
-        self._mnist: Mnist | None = None
+        self._mnist = (
+            mnist  # given when many tasks share it (a population's trials), else loaded on first use
+        )
         self._stream: TrainingStream | None = None
         self._validation: FixedSet | None = None
 
