@@ -75,41 +75,6 @@ def weights_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def checkpoint_record(
-    *,
-    model: dict[str, torch.Tensor],
-    optimizer: dict[str, Any],
-    best_model: dict[str, torch.Tensor],
-    task_state: dict[str, Any],
-    sample_generator: torch.Generator,
-    state: dict[str, Any],
-    device: torch.device,
-) -> dict[str, Any]:
-    """What a run's ``checkpoint.pt`` holds. ``fit`` and a population's trials (attention/population_train.py)
-    both write it here, so either can resume a run the other stopped."""
-    return {
-        "model": model,
-        "optimizer": optimizer,
-        "best_model": best_model,
-        **task_state,  # the task's random streams, at the top level
-        "sample_generator": sample_generator.get_state(),
-        "state": state,
-        "device_type": device.type,
-    }
-
-
-def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """A checkpoint written by :func:`checkpoint_record`, loaded weights-only, refused on another kind of
-    device than the one that wrote it (its random streams belong to that device)."""
-    saved = safe_load(path, map_location=device)
-    if saved.get("device_type", "cpu") != device.type:
-        raise AttentionError(
-            f"{path} was written on {saved.get('device_type')}; resume it with "
-            f"--device {saved.get('device_type')} (its random streams belong to that device)"
-        )
-    return saved
-
-
 def result_record(
     *,
     config: Config,
@@ -173,21 +138,30 @@ class Checkpoint:
         self.best_weights = weights_copy(model)
 
     def save(self) -> None:
+        """Write ``checkpoint.pt``: ``fit`` and a population's trials (attention/population_train.py) both
+        write it here, so either can resume a run the other stopped."""
         atomic_torch_save(
             self.path,
-            checkpoint_record(
-                model=self.model.state_dict(),
-                optimizer=self.optimizer.state_dict(),
-                best_model=self.best_weights,
-                task_state=self.task.state_dict(),
-                sample_generator=self.sample_generator,
-                state=self.state,
-                device=self.device,
-            ),
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best_model": self.best_weights,
+                **self.task.state_dict(),  # the task's random streams, at the top level
+                "sample_generator": self.sample_generator.get_state(),
+                "state": self.state,
+                "device_type": self.device.type,
+            },
         )
 
     def restore(self) -> None:
-        saved = read_checkpoint(self.path, self.device)
+        """Load ``checkpoint.pt`` weights-only; refused on another kind of device than the one that wrote
+        it (its random streams belong to that device)."""
+        saved = safe_load(self.path, map_location=self.device)
+        if saved.get("device_type", "cpu") != self.device.type:
+            raise AttentionError(
+                f"{self.path} was written on {saved.get('device_type')}; resume it with "
+                f"--device {saved.get('device_type')} (its random streams belong to that device)"
+            )
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best_weights = saved["best_model"]
