@@ -88,3 +88,54 @@ def test_extreme_window_parameters_saturate_instead_of_giving_nan():
     assert torch.isfinite(patch).all()
     patch.sum().backward()
     assert torch.isfinite(where.grad).all()
+
+
+def uncut_filterbank(centres: torch.Tensor, variance: torch.Tensor, length: int) -> torch.Tensor:
+    """DRAW's filterbank with no cut: the reference the cut is checked against."""
+    a = torch.arange(1, length + 1, dtype=centres.dtype)
+    logits = -((a - centres[:, :, None]) ** 2) / (2 * variance[:, None, None])
+    return torch.softmax(logits, dim=2)
+
+
+def gaussian_tails():
+    """Centres on, near and off a 100-pixel axis, narrow and wide: filters whose tails, uncut, reach far
+    below float32's smallest normal number."""
+    centres = filter_centres(torch.tensor([1.0, 50.5, 100.0, -40.0]), torch.tensor([0.5, 4.0, 9.0, 2.0]), 12)
+    return centres, torch.tensor([0.3, 2.0, 20.0, 6.0])
+
+
+def is_denormal(t: torch.Tensor) -> torch.Tensor:
+    return (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
+
+
+def test_filter_tails_are_cut_to_zero_instead_of_denormal_floats():
+    centres, variance = gaussian_tails()
+    bank = filterbank(centres, variance, 100)
+    uncut = uncut_filterbank(centres, variance, 100)
+    # uncut, these filters hold denormal float32 weights (slow on x86 CPUs); cut, none, and the cut ones are 0
+    assert is_denormal(uncut).any()
+    assert not is_denormal(bank).any()
+    cut = bank == 0
+    assert cut.any()
+    torch.testing.assert_close(bank.sum(dim=2), torch.ones(4, 12))
+    # only the negligible tail is cut, and the weights kept are the uncut filter's
+    assert (uncut[cut] <= 1.1e-15 * uncut.amax(dim=2, keepdim=True).expand_as(uncut)[cut]).all()
+    torch.testing.assert_close(bank[~cut], uncut[~cut], rtol=1e-6, atol=0)
+
+
+def test_the_window_learns_through_cut_filters_as_through_uncut_ones():
+    images = torch.rand(4, 1, 100, 100)
+    grads = []
+    for bank in (filterbank, uncut_filterbank):
+        centres, variance = (t.requires_grad_() for t in gaussian_tails())
+        patches = (
+            bank(centres, variance, 100)[:, None]
+            @ images
+            @ bank(centres, variance, 100).transpose(1, 2)[:, None]
+        )
+        patches.square().sum().backward()
+        grads.append((centres.grad, variance.grad))
+    (centres_grad, variance_grad), (uncut_centres_grad, uncut_variance_grad) = grads
+    assert centres_grad.ne(0).all() and variance_grad.ne(0).all()
+    torch.testing.assert_close(centres_grad, uncut_centres_grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(variance_grad, uncut_variance_grad, rtol=1e-5, atol=1e-6)

@@ -16,6 +16,14 @@ from attention import AttentionError
 # |log sigma^2|, |log delta~| and |log gamma| beyond this saturate (exp(10) ~ 2.2e4).
 LOG_LIMIT = 10.0
 
+# A filter weight below exp(-34.5) ~ 1e-15 of the filter's largest is set to exactly zero. Pixels lie in
+# [0, 1], so such a weight moves a read by less than 1e-15 per pixel, far below what the glimpse network
+# resolves. Left in, the Gaussian's tails reach float32's denormal range (below 1.2e-38), where x86 CPUs
+# take a slow microcode path for every operation that touches them: the reader's products and the
+# softmax's backward ran about 1.7x slower for it (docs/performance.md). Flushing denormals to zero
+# (torch.set_flush_denormal) would also do, but only on the calling thread, not on PyTorch's other threads.
+NEGLIGIBLE_LOG_WEIGHT = -34.5
+
 
 def filter_centres(g: torch.Tensor, delta: torch.Tensor, grid_size: int) -> torch.Tensor:
     """mu^i = g + (i - N/2 - 0.5) * delta for i = 1..N (DRAW eq. (19); the paper's i is 1-based).
@@ -27,12 +35,16 @@ def filter_centres(g: torch.Tensor, delta: torch.Tensor, grid_size: int) -> torc
 
 
 def filterbank(centres: torch.Tensor, variance: torch.Tensor, length: int) -> torch.Tensor:
-    """F[i, a] = exp(-(a - mu^i)^2 / (2 sigma^2)) / Z_i over pixels a = 1..length (DRAW eqs. (25), (26)).
+    """F[i, a] = exp(-(a - mu^i)^2 / (2 sigma^2)) / Z_i over pixels a = 1..length (DRAW eqs. (25), (26)),
+    with the weights below 1e-15 of each filter's largest set to zero (``NEGLIGIBLE_LOG_WEIGHT``).
 
     centres: (B, N); variance: (B,) sigma^2. Returns (B, N, length); each row sums to one.
     """
     a = torch.arange(1, length + 1, device=centres.device, dtype=centres.dtype)
     logits = -((a[None, None, :] - centres[:, :, None]) ** 2) / (2 * variance[:, None, None])
+    # the row's largest logit is only compared with, never differentiated
+    largest = logits.detach().amax(dim=2, keepdim=True)
+    logits = logits.masked_fill(logits < largest + NEGLIGIBLE_LOG_WEIGHT, float("-inf"))
     # softmax = exp / Z computed in log space: exact normalisation even for filters far off the image,
     # where exp() underflows
     return torch.softmax(logits, dim=2)
