@@ -262,26 +262,14 @@ def _train_epoch(
             rollout, labels, reinforce_weight=t.reinforce_weight, baseline_weight=t.baseline_weight
         )
         totals = terms.total.detach()
-        finite = torch.isfinite(totals).tolist()
-        for k, trial in enumerate(trials):
-            if active[k] and not finite[k]:
-                trial.diverged = divergence_message(
-                    "loss", totals[k].item(), trial.state["epoch"], step, trial.run_dir
-                )
-                active[k] = False
+        _drop_diverged(trials, active, "loss", totals, step)
         mask = torch.tensor(active, device=device)
         # a masked trial's loss is left out by selection, not by multiplying with 0 (0 * NaN is NaN)
         optimizer.zero_grad()
         torch.where(mask, terms.total, torch.zeros((), device=device)).sum().backward()
         grad = population.flat_grad()  # (K, P)
         norms = grad.pow(2).sum(dim=1).sqrt()
-        norm_finite = torch.isfinite(norms).tolist()
-        for k, trial in enumerate(trials):
-            if active[k] and not norm_finite[k]:
-                trial.diverged = divergence_message(
-                    "gradient norm", norms[k].item(), trial.state["epoch"], step, trial.run_dir
-                )
-                active[k] = False
+        _drop_diverged(trials, active, "gradient norm", norms, step)
         if t.grad_clip is not None:  # clip_grad_norm_'s rule, per trial
             grad = grad * (t.grad_clip / (norms + 1e-6)).clamp(max=1.0)[:, None]
         optimizer.step(grad, active)
@@ -310,6 +298,20 @@ def _train_epoch(
             }
         )
     return rows
+
+
+def _drop_diverged(
+    trials: list[Trial], active: list[bool], what: str, values: torch.Tensor, step: int
+) -> None:
+    """Mask out each active trial whose ``what`` (one value per trial) is not finite, with fit's message:
+    the others train on."""
+    finite = torch.isfinite(values).tolist()
+    for k, trial in enumerate(trials):
+        if active[k] and not finite[k]:
+            trial.diverged = divergence_message(
+                what, values[k].item(), trial.state["epoch"], step, trial.run_dir
+            )
+            active[k] = False
 
 
 def _end_epoch(
