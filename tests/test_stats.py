@@ -5,7 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from attention.report.stats import mcnemar_exact, pooled_sign_test, seed_summary, where_paper_falls
+from attention.report.stats import (
+    format_p,
+    mcnemar_exact,
+    pooled_sign_test,
+    seed_summary,
+    where_paper_falls,
+)
 
 
 def test_seed_summary_is_the_mean_the_sample_sd_and_the_t_interval():
@@ -60,3 +66,10 @@ def test_where_the_paper_falls():
     assert where_paper_falls(5.0, summary).startswith("ours 3.80 lower")
     assert "higher" in where_paper_falls(0.1, seed_summary([1.0]))
     assert math.isclose(seed_summary([1.0, 1.2, 1.4]).mean, 1.2)
+
+
+def test_a_p_value_below_what_a_double_holds_is_not_printed_as_zero():
+    lopsided = mcnemar_exact(np.ones(3000, bool), np.zeros(3000, bool))
+    assert lopsided.p_value == 0.0  # 2 * 0.5**3000 underflows
+    assert format_p(lopsided.p_value) == "p < 1e-300"
+    assert format_p(0.0175) == "p = 0.0175" and format_p(2.55e-67) == "p = 2.55e-67"

@@ -73,6 +73,12 @@ def _sign_test(for_a: int, for_b: int) -> McNemar:
     return McNemar(for_a, for_b, p)
 
 
+def format_p(p_value: float) -> str:
+    """``p = 0.0175``, or ``p < 1e-300`` where the exact p-value is below what a double holds and the test
+    returned 0: a p-value is never zero, and printing "p = 0" would say it was."""
+    return f"p = {p_value:.3g}" if p_value > 0 else "p < 1e-300"
+
+
 def pooled_sign_test(a_correct: Sequence[np.ndarray], b_correct: Sequence[np.ndarray]) -> McNemar:
     """Two recipes compared over several pairs of models (one per seed) on the same images, the image as
     the unit: for each image, how many of A's models got it right minus how many of B's; ``only_a`` counts

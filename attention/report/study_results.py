@@ -16,7 +16,7 @@ from typing import Any
 from attention import AttentionError
 from attention.report.curves import CurveReading, read_curve
 from attention.report.evaluation import run_evaluation, unpack
-from attention.report.stats import mcnemar_exact, pooled_sign_test
+from attention.report.stats import format_p, mcnemar_exact, pooled_sign_test
 from attention.report.tables import epochs_label
 from attention.runs import RESULT, read_json, read_metrics
 from attention.study import Row, Study, Unit, unit_run
@@ -132,11 +132,11 @@ def compare_rows(study: Study, rows: list[RowResult]) -> list[dict[str, str]]:
             continue
         pooled = pooled_sign_test(a_bits, b_bits)
         cells["result"] = "; ".join(
-            f"{name}: only A right {t.only_a}, only B right {t.only_b}, p = {t.p_value:.3g}"
+            f"{name}: only A right {t.only_a}, only B right {t.only_b}, {format_p(t.p_value)}"
             for name, t in tests
         )
         cells["pooled"] = (
-            f"A right more often {pooled.only_a}, B {pooled.only_b}, p = {pooled.p_value:.3g}"
+            f"A right more often {pooled.only_a}, B {pooled.only_b}, {format_p(pooled.p_value)}"
             if len(tests) > 1
             else "one pair: as per seed"
         )
