@@ -19,8 +19,8 @@ LOG_LIMIT = 10.0
 # A filter weight below exp(-34.5) ~ 1e-15 of the filter's largest is set to exactly zero. Pixels lie in
 # [0, 1], so such a weight moves a read by less than 1e-15 per pixel, far below what the glimpse network
 # resolves. Left in, the Gaussian's tails reach float32's denormal range (below 1.2e-38), where x86 CPUs
-# take a slow microcode path for every operation that touches them: the reader's products and the
-# softmax's backward ran about 1.7x slower for it (docs/performance.md). Flushing denormals to zero
+# take a slow microcode path for every operation that touches them: a soft-reader training step ran 1.4x
+# (real data) to 1.8x (random images) slower for it (docs/performance.md). Flushing denormals to zero
 # (torch.set_flush_denormal) would also do, but only on the calling thread, not on PyTorch's other threads.
 NEGLIGIBLE_LOG_WEIGHT = -34.5
 
