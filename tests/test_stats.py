@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from attention.report.stats import (
+    PERCENT,
     format_p,
     mcnemar_exact,
     pooled_sign_test,
@@ -20,6 +21,18 @@ def test_seed_summary_is_the_mean_the_sample_sd_and_the_t_interval():
     # t(0.975, 2 degrees of freedom) = 4.302653; half width = 4.302653 * 1 / sqrt(3) = 2.484138
     assert summary.low == pytest.approx(2.0 - 2.484138, abs=1e-6)
     assert summary.high == pytest.approx(2.0 + 2.484138, abs=1e-6)
+
+
+def test_an_error_rate_interval_is_cut_to_the_range_an_error_rate_can_take():
+    # two seeds far apart (a soft reader that left its plateau on one seed only): t(0.975, 1) = 12.7062,
+    # so the raw interval is 18.83 -+ 12.7062 * sd / sqrt(2), reaching far below 0% and above 100%
+    values = [9.82, 27.84]
+    raw, cut = seed_summary(values), seed_summary(values, PERCENT)
+    assert raw.low < 0 and raw.high > 100
+    assert (cut.low, cut.high) == (0.0, 100.0)
+    assert (cut.mean, cut.sd) == (raw.mean, raw.sd)
+    inside, uncut = seed_summary([1.0, 1.2, 1.4], PERCENT), seed_summary([1.0, 1.2, 1.4])
+    assert 0 < inside.low and (inside.low, inside.high) == (uncut.low, uncut.high)  # inside: as it is
 
 
 def test_one_seed_has_no_spread_or_interval():

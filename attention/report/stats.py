@@ -10,12 +10,15 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
+PERCENT = (0.0, 100.0)  # the range an error rate in percent can take
 
 
 @dataclass(frozen=True)
 class SeedSummary:
     """Mean over seeds of one row's numbers, with the sample standard deviation and the 95% t interval
-    of the mean (None with a single seed: one seed says nothing about the spread)."""
+    of the mean (None with a single seed: one seed says nothing about the spread). The interval of
+    a quantity with a range (``bounds``, e.g. :data:`PERCENT`) is cut to it: with two or three seeds the t
+    interval is wide, and an error rate's interval reaching below 0% would only claim the impossible."""
 
     n: int
     mean: float
@@ -24,7 +27,7 @@ class SeedSummary:
     high: float | None
 
 
-def seed_summary(values: Sequence[float]) -> SeedSummary:
+def seed_summary(values: Sequence[float], bounds: tuple[float, float] | None = None) -> SeedSummary:
     values = [float(v) for v in values]
     if not values:
         raise ValueError("no values to summarise")
@@ -33,7 +36,10 @@ def seed_summary(values: Sequence[float]) -> SeedSummary:
         return SeedSummary(1, mean, None, None, None)
     sd = float(np.std(values, ddof=1))
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
-    return SeedSummary(n, mean, sd, mean - half, mean + half)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return SeedSummary(n, mean, sd, low, high)
 
 
 def where_paper_falls(paper: float, summary: SeedSummary) -> str:

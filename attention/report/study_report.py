@@ -20,7 +20,7 @@ import numpy as np
 
 from attention import AttentionError
 from attention.report.evaluation import evaluation_cache_dir
-from attention.report.stats import seed_summary, where_paper_falls
+from attention.report.stats import PERCENT, seed_summary, where_paper_falls
 from attention.report.study_results import (
     RowResult,
     SeedResult,
@@ -87,7 +87,7 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
         cells["paper %"] = _pct(row.paper)
         cells["target %"] = target_text(row.target, None)
         return cells
-    summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
+    summary = seed_summary([s.main["mean_error_pct"] for s in seeds], PERCENT)
     spread = f" ± {summary.sd:.2f}" if summary.sd is not None else ""
     cells["test error %"] = f"{summary.mean:.2f}{spread}"
     cells["95% interval"] = "" if summary.low is None else f"[{summary.low:.2f}, {summary.high:.2f}]"
@@ -148,9 +148,9 @@ def markdown(
     lines += [
         f"Test error in %: for each seed the mean over {draws} evaluation draws with the policy's mean "
         "locations on the fixed test set (`data.test_seed`), then the mean ± sd over seeds and its 95% t "
-        'interval. "draw sd": the spread over draws (mean over seeds). "averaged over draws": the error of '
-        f"the predictions averaged over the {draws} draws, a different estimator. Weights: best validation "
-        "epoch of the last stage.",
+        'interval (cut at 0). "draw sd": the spread over draws (mean over seeds). "averaged over draws": the '
+        f"error of the predictions averaged over the {draws} draws, a different estimator. Weights: best "
+        "validation epoch of the last stage.",
         "",
         "| " + " | ".join(cols) + " |",
         "| " + " | ".join("---" for _ in cols) + " |",
@@ -236,7 +236,7 @@ def csv_text(study: Study, rows: list[RowResult]) -> str:
             "target_pct": result.row.target,
         }
         if seeds:
-            summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
+            summary = seed_summary([s.main["mean_error_pct"] for s in seeds], PERCENT)
             line.update(
                 mean_pct=summary.mean,
                 sd_pct=summary.sd,
@@ -297,7 +297,7 @@ def _series_points(rows: list[RowResult]) -> dict[str, list[dict[str, Any]]]:
         glimpses = stage_config(row, row.seeds[0], len(row.stages) - 1, init_from=None).model.num_glimpses
         point: dict[str, Any] = {"glimpses": glimpses, "paper": row.paper, "target": row.target}
         if result.seeds:
-            summary = seed_summary([s.main["mean_error_pct"] for s in result.seeds])
+            summary = seed_summary([s.main["mean_error_pct"] for s in result.seeds], PERCENT)
             point.update(mean=summary.mean, low=summary.low, high=summary.high)
         series.setdefault(row.series, []).append(point)
     return series

@@ -15,7 +15,7 @@ import numpy as np
 
 from attention import AttentionError
 from attention.report.evaluation import evaluation_cache_dir
-from attention.report.stats import seed_summary
+from attention.report.stats import PERCENT, seed_summary
 from attention.report.study_report import replace_between, target_text
 from attention.report.study_results import RowResult, collect, minutes
 from attention.runs import DEFAULT_RUNS_DIR
@@ -47,7 +47,7 @@ def target_cells(study: Study, result: RowResult) -> dict[str, str]:
     if not seeds:
         cells["target %"] = target_text(row.target, None) + ": no seed finished"
         return cells
-    summary = seed_summary([s.main["mean_error_pct"] for s in seeds])
+    summary = seed_summary([s.main["mean_error_pct"] for s in seeds], PERCENT)
     spread = f" ± {summary.sd:.2f}" if summary.sd is not None else ""
     cells["test error %"] = f"{summary.mean:.2f}{spread}"
     others = study.evaluation.independent_test_seeds
