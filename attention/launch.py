@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,39 +114,62 @@ def _worker_main(*specs: WorkerSpec) -> None:
         raise SystemExit(2) from None
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a study or a search command runs its work: the options the two share (the command line's
+    common flags), with their defaults in one place. ``run_study`` and ``run_search`` take these fields as
+    keyword arguments."""
+
+    workers: int | None = None
+    """Worker processes; None: one single-thread worker per core, or one per GPU (:func:`default_workers`)."""
+    storage: str | None = None
+    """Optuna storage URL for every file; None: each file's own journal (attention/storage.py)."""
+    runs_dir: str | Path | None = None
+    """Parent of the run directories; None: ``results/runs``."""
+    data_dir: str | Path | None = None
+    """MNIST directory; None: ``$ATTENTION_DATA``, else the user cache."""
+    device: str = "auto"
+    smoke: bool = False
+    """A tiny version of every trial, its storage and runs in a temporary folder unless told where."""
+    progress: bool = True
+    heartbeat_s: float = 30.0
+    """How often a running trial says it is alive."""
+    stale_after_s: float = 300.0
+    """How long without a heartbeat before another worker fails a RUNNING trial as stale (its worker died)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < 2 * self.heartbeat_s < self.stale_after_s:
+            raise AttentionError(
+                f"--stale-after-s ({self.stale_after_s:g}) must be more than twice --heartbeat-s "
+                f"({self.heartbeat_s:g}), both > 0, or live trials would be failed as stale"
+            )
+
+    def layout(self) -> tuple[int, list[str], int]:
+        """:func:`worker_layout` of these options; refuses a device this machine lacks."""
+        return worker_layout(self.device, self.workers)
+
+
 def launch(
     kind: str,
     paths: list[Path],
-    *,
-    layout: tuple[int, list[str], int],
-    storage: str | None,
-    runs_dir: str | Path | None,
-    data_dir: str | Path | None,
-    device: str,
-    smoke: bool,
-    progress: bool,
-    heartbeat_s: float,
-    stale_after_s: float,
+    options: EngineOptions,
     **more: Any,
 ) -> list[tuple[WorkerSpec, optuna.Study]]:
-    """Enqueue what each study or search file (``kind``) still lacks and run ``layout``'s workers
-    (:func:`worker_layout`, called first by the caller so that a device this machine lacks is refused
-    before anything is enqueued), which work through them in order; the files were checked by the caller.
-    Each file keeps its own storage (its journal, unless ``storage`` names one for all: one journal or
-    database holds many studies, by name). Runs go to ``runs_dir`` (default ``results/runs``); a smoke
-    run puts its storage and its runs, whichever it was not told where, in a temporary folder, so that it
-    never mixes with real ones. Returns each file's spec and Optuna study."""
+    """Enqueue what each study or search file (``kind``) still lacks and run the workers of
+    ``options.layout()`` (which refuses a device this machine lacks before anything is enqueued); they
+    work through the files in order. The files were checked by the caller. Each file keeps its own
+    storage (its journal, unless ``options.storage`` names one for all: one journal or database holds
+    many studies, by name). Runs go to ``options.runs_dir`` (default ``results/runs``); a smoke run puts
+    its storage and its runs, whichever it was not told where, in a temporary folder, so that it never
+    mixes with real ones. Returns each file's spec and Optuna study."""
     import tempfile
 
-    started = time.time()
-    if not 0 < 2 * heartbeat_s < stale_after_s:
-        raise AttentionError(
-            f"--stale-after-s ({stale_after_s:g}) must be more than twice --heartbeat-s ({heartbeat_s:g}), "
-            "both > 0, or live trials would be failed as stale"
-        )
     from attention.runs import DEFAULT_RUNS_DIR
 
-    if smoke and (storage is None or runs_dir is None):  # what it was not told goes to a scratch folder
+    started = time.time()
+    layout = options.layout()
+    storage, runs_dir = options.storage, options.runs_dir
+    if options.smoke and (storage is None or runs_dir is None):  # what it was not told: a scratch folder
         scratch = Path(tempfile.mkdtemp(prefix=f"attention-smoke-{Path(paths[0]).stem}-"))
         storage = storage or f"journal:{scratch / 'optuna.journal'}"
         runs_dir = runs_dir or scratch / "runs"
@@ -156,13 +180,13 @@ def launch(
             file=str(path),
             storage=storage or default_storage(path),
             runs_dir=str(runs_dir),
-            data_dir=None if data_dir is None else str(data_dir),
-            device=device,
+            data_dir=None if options.data_dir is None else str(options.data_dir),
+            device=options.device,
             threads=1,
-            smoke=smoke,
-            progress=progress,
-            heartbeat_s=heartbeat_s,
-            stale_after_s=stale_after_s,
+            smoke=options.smoke,
+            progress=options.progress,
+            heartbeat_s=options.heartbeat_s,
+            stale_after_s=options.stale_after_s,
             started=started,
             **more,
         )

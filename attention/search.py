@@ -30,7 +30,7 @@ from attention.engine import (
     check_still_running,
     enqueue,
 )
-from attention.launch import launch, worker_layout
+from attention.launch import EngineOptions, launch
 from attention.storage import open_study
 from attention.study import check_keys, overrides_table, read_toml_file, recipe_overrides
 
@@ -289,43 +289,19 @@ def _suggest(trial: optuna.Trial, key: str, distribution: optuna.distributions.B
 
 
 def run_search(
-    path: str | Path,
-    *,
-    workers: int | None = None,
-    storage: str | None = None,
-    trials: int | None = None,
-    runs_dir: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    device: str = "auto",
-    smoke: bool = False,
-    progress: bool = True,
-    heartbeat_s: float = 30.0,
-    stale_after_s: float = 300.0,
-    population: int = 1,
+    path: str | Path, *, trials: int | None = None, population: int = 1, **engine: Any
 ) -> dict[str, Any]:
     """Run a search's trials that have not run yet (``trials`` overrides the file's count: the cap).
     ``population`` K > 1: each worker claims up to K waiting trials and trains them as one population
-    (the workers are the engine's default or ``workers``, as without populations)."""
+    (the workers are the engine's default or ``workers``, as without populations). ``engine``: the fields
+    of :class:`attention.launch.EngineOptions` (workers, storage, runs_dir, device, ...)."""
     path = Path(path)
-    load_search(path, smoke=smoke)  # refuses a malformed file before anything runs
+    options = EngineOptions(**engine)
+    load_search(path, smoke=options.smoke)  # refuses a malformed file before anything runs
     if trials is not None and trials < 1:
         raise AttentionError("--trials must be >= 1")
     if population < 1:
         raise AttentionError(f"--population must be >= 1, got {population}")
-    [(spec, study)] = launch(
-        "search",
-        [path],
-        layout=worker_layout(device, workers),
-        storage=storage,
-        runs_dir=runs_dir,
-        data_dir=data_dir,
-        device=device,
-        smoke=smoke,
-        progress=progress,
-        heartbeat_s=heartbeat_s,
-        stale_after_s=stale_after_s,
-        trials=trials,
-        population=population,
-    )
+    [(spec, study)] = launch("search", [path], options, trials=trials, population=population)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     return {"storage": spec.storage, **{state.lower(): states.count(state) for state in sorted(set(states))}}

@@ -30,7 +30,7 @@ from attention.engine import (
     check_still_running,
     enqueue,
 )
-from attention.launch import launch, worker_layout
+from attention.launch import EngineOptions, launch
 from attention.runs import CHECKPOINT, DEFAULT_RUNS_DIR, RESULT, RunBusy, run_is_busy
 from attention.storage import open_study
 from attention.study import (
@@ -174,28 +174,19 @@ def study_name(study: Study, smoke: bool) -> str:
 
 
 def run_study(
-    paths: str | Path | list[str | Path],
-    *,
-    workers: int | None = None,
-    storage: str | None = None,
-    runs_dir: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    device: str = "auto",
-    smoke: bool = False,
-    progress: bool = True,
-    heartbeat_s: float = 30.0,
-    stale_after_s: float = 300.0,
-    selection: Selection | None = None,
+    paths: str | Path | list[str | Path], *, selection: Selection | None = None, **engine: Any
 ) -> list[dict[str, Any]]:
     """Train what each study lacks, the files in order, every worker going on to the next file when it
     can claim nothing more in the earlier ones; only the units ``selection`` picks, when it picks some.
-    ``smoke`` runs a tiny version in a temporary folder (unless ``storage``/``runs_dir`` say where).
+    ``engine``: the fields of :class:`attention.launch.EngineOptions` (workers, storage, runs_dir, device,
+    ...); ``smoke`` runs a tiny version in a temporary folder (unless ``storage``/``runs_dir`` say where).
     Returns a summary per file: the units picked, how many are finished, storage."""
+    options = EngineOptions(**engine)
     paths = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
     if len({path.resolve() for path in paths}) != len(paths):
         raise AttentionError("a study file is named twice; name each once")
-    studies = [load_study(path, smoke=smoke) for path in paths]  # refuse a malformed file before any run
-    names = [study_name(study, smoke) for study in studies]
+    studies = [load_study(path, smoke=options.smoke) for path in paths]  # refuse a bad file before any run
+    names = [study_name(study, options.smoke) for study in studies]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise AttentionError(
@@ -204,28 +195,13 @@ def run_study(
         )
     selection = selection or Selection()
     selection.check(studies)
-    layout = worker_layout(device, workers)  # refuses a device this machine lacks before anything runs
-    if not smoke:
-        count, devices, _ = layout
-        rows = capped_rows(studies, selection, Path(runs_dir) if runs_dir else DEFAULT_RUNS_DIR)
-        warning = cap_warning(rows, count, devices)
+    count, devices, _ = options.layout()  # refuses a device this machine lacks before anything runs
+    if not options.smoke:
+        runs_dir = Path(options.runs_dir) if options.runs_dir else DEFAULT_RUNS_DIR
+        warning = cap_warning(capped_rows(studies, selection, runs_dir), count, devices)
         if warning:
             log.warning(warning)
-    launched = launch(
-        "study",
-        paths,
-        layout=layout,
-        storage=storage,
-        runs_dir=runs_dir,
-        data_dir=data_dir,
-        device=device,
-        smoke=smoke,
-        progress=progress,
-        heartbeat_s=heartbeat_s,
-        stale_after_s=stale_after_s,
-        rows=selection.rows,
-        seeds=selection.seeds,
-    )
+    launched = launch("study", paths, options, rows=selection.rows, seeds=selection.seeds)
     summaries = []
     for study, (spec, _) in zip(studies, launched, strict=True):
         units = [unit for unit in study.units() if selection.picks(unit)]
