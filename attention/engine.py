@@ -27,13 +27,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
 from attention.storage import storage_lock
+
+if TYPE_CHECKING:
+    from attention.config import Config
+
+OnEpoch = Callable[[dict[str, Any], bool], None]
+"""What ``fit`` calls after each epoch with its metrics row and whether it is the last."""
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +248,23 @@ class WorkerSpec:
     started: float | None = None
     """When the command started (``time.time()``): items that failed with an error before it are retried,
     those that fail after it are not (they would fail again), and are reported at its end."""
+
+    def train(self, config: Config, run_dir: Path, on_epoch: OnEpoch, **more: Any) -> dict[str, Any]:
+        """Train one claimed trial's run as every worker does: resumably (a retried trial goes on from its
+        checkpoint), with this worker's data folder, device and progress bar. ``more``: other ``fit``
+        options."""
+        from attention.train import fit  # heavy; imported where a worker trains, not where work is planned
+
+        return fit(
+            config,
+            run_dir=run_dir,
+            data_dir=self.data_dir,
+            device=self.device,
+            resume=True,
+            progress=self.progress,
+            on_epoch=on_epoch,
+            **more,
+        )
 
 
 @dataclass

@@ -204,7 +204,6 @@ def items(search: Search) -> list[Item]:
 def work(spec: WorkerSpec) -> Work:
     """What a worker runs for a search (see :func:`attention.engine.worker`)."""
     from attention.tasks import TASKS
-    from attention.train import fit
 
     search = load_search(spec.file, smoke=spec.smoke)
     if spec.trials is not None:
@@ -231,17 +230,8 @@ def work(spec: WorkerSpec) -> Work:
         def report(row: dict[str, Any], final: bool) -> None:
             report_epoch(trial, row, final=final, selection=task.epoch_selection)
 
-        result = fit(
-            config,
-            run_dir=run_dir,
-            data_dir=spec.data_dir,
-            device=spec.device,
-            resume=True,
-            progress=spec.progress,
-            on_epoch=report,
-            # a retry of a trial wrongly thought stale: its first worker stops after its next epoch
-            wait_if_busy=True,
-        )
+        # wait_if_busy: a retry of a trial wrongly thought stale; its first worker stops after its next epoch
+        result = spec.train(config, run_dir, report, wait_if_busy=True)
         return task.result_selection(result)
 
     return Work(spec, execute, refill, study, storage)

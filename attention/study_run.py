@@ -65,7 +65,6 @@ def pending_items(
 def work(spec: WorkerSpec) -> Work:
     """What a worker runs for a study (see :func:`attention.engine.worker`)."""
     from attention.tasks import TASKS
-    from attention.train import fit
 
     study = load_study(spec.file, smoke=spec.smoke)
     runs_dir = Path(spec.runs_dir)
@@ -106,15 +105,7 @@ def work(spec: WorkerSpec) -> Work:
         trial.set_user_attr("run_dir", str(run_dir))
         log.warning("trial %d: %s -> %s", trial.number, key, run_dir)
         try:
-            result = fit(
-                config,
-                run_dir=run_dir,
-                data_dir=spec.data_dir,
-                device=spec.device,
-                resume=True,
-                progress=spec.progress,
-                on_epoch=lambda row, final: check_still_running(trial),
-            )
+            result = spec.train(config, run_dir, lambda row, final: check_still_running(trial))
         except RunBusy as busy:  # a unit another study shares, taken there as this worker got ready
             raise HandBack(str(busy)) from None
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
