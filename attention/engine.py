@@ -38,9 +38,7 @@ from attention.storage import storage_lock
 
 if TYPE_CHECKING:
     from attention.config import Config
-
-OnEpoch = Callable[[dict[str, Any], bool], None]
-"""What ``fit`` calls after each epoch with its metrics row and whether it is the last."""
+    from attention.train import OnEpoch
 
 log = logging.getLogger(__name__)
 

@@ -50,6 +50,9 @@ from attention.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
+OnEpoch = Callable[[dict[str, Any], bool], None]
+"""What ``fit`` calls after each epoch with its metrics row and whether it is the last."""
+
 # How often (in steps) the progress bar's loss and error are refreshed.
 PROGRESS_EVERY = 25
 
@@ -170,7 +173,7 @@ def _train_epochs(
     metrics: list[dict[str, Any]],
     progress: bool,
     stop_after_epochs: int | None,
-    on_epoch: Callable[[dict[str, Any], bool], None] | None,
+    on_epoch: OnEpoch | None,
 ) -> bool:
     """The epoch loop: train, validate, record, checkpoint, until the task's epochs are done or a stopping
     rule fires. Returns False when ``stop_after_epochs`` ended it first (a resumable interruption)."""
@@ -334,7 +337,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     stop_after_epochs: int | None = None,
-    on_epoch: Callable[[dict[str, Any], bool], None] | None = None,
+    on_epoch: OnEpoch | None = None,
     wait_if_busy: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` and return its result (also written to ``result.json``).
