@@ -49,6 +49,10 @@ ERROR = "error"
 """User attribute of a trial that failed with an error (retried only by a later start)."""
 ENDED = "ended_because"
 """User attribute of a trial failed by the engine: 'stale', 'interrupted' or 'handed back' (retried)."""
+HEARTBEAT_S = 30.0
+"""Default seconds between a running trial's heartbeats."""
+STALE_AFTER_S = 300.0
+"""Default seconds without a heartbeat before another worker fails a RUNNING trial as stale."""
 
 
 @dataclass(frozen=True)
@@ -234,8 +238,8 @@ class WorkerSpec:
     progress: bool = False
     trials: int | None = None
     """A search's cap on its trials, instead of the file's count."""
-    heartbeat_s: float = 30.0
-    stale_after_s: float = 300.0
+    heartbeat_s: float = HEARTBEAT_S
+    stale_after_s: float = STALE_AFTER_S
     poll_s: float = 5.0
     population: int = 1
     """A search's trials trained together by each worker, as one population (attention/population.py)."""

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from attention import AttentionError
-from attention.engine import WorkerSpec, failed_items, work_of, worker
+from attention.engine import HEARTBEAT_S, STALE_AFTER_S, WorkerSpec, failed_items, work_of, worker
 from attention.storage import default_storage, storage_lock
 
 
@@ -132,9 +132,9 @@ class EngineOptions:
     smoke: bool = False
     """A tiny version of every trial, its storage and runs in a temporary folder unless told where."""
     progress: bool = True
-    heartbeat_s: float = 30.0
+    heartbeat_s: float = HEARTBEAT_S
     """How often a running trial says it is alive."""
-    stale_after_s: float = 300.0
+    stale_after_s: float = STALE_AFTER_S
     """How long without a heartbeat before another worker fails a RUNNING trial as stale (its worker died)."""
 
     def __post_init__(self) -> None:

@@ -694,6 +694,21 @@ def test_the_cli_refuses_counts_and_intervals_that_are_not_positive(args, capsys
     assert exit.value.code == 2 and "must be" in capsys.readouterr().err
 
 
+def test_the_fault_timings_default_to_the_engines_and_a_flag_overrides_one(tmp_path):
+    from attention.cli import build_parser
+    from attention.commands.studies import engine_options
+    from attention.engine import HEARTBEAT_S, STALE_AFTER_S, WorkerSpec
+    from attention.launch import EngineOptions
+
+    plain = EngineOptions(**engine_options(build_parser().parse_args(["study", "run", "x.toml"])))
+    assert (plain.heartbeat_s, plain.stale_after_s) == (HEARTBEAT_S, STALE_AFTER_S)
+    assert (WorkerSpec.heartbeat_s, WorkerSpec.stale_after_s) == (HEARTBEAT_S, STALE_AFTER_S)
+    told = EngineOptions(
+        **engine_options(build_parser().parse_args(["search", "x.toml", "--stale-after-s", "900"]))
+    )
+    assert (told.heartbeat_s, told.stale_after_s) == (HEARTBEAT_S, 900.0)
+
+
 def test_a_stale_limit_within_two_heartbeats_is_refused_before_anything_is_queued(tmp_path):
     study_file, _ = write_files(tmp_path)
     storage = f"journal:{tmp_path / 'study.journal'}"

@@ -19,7 +19,7 @@ from attention.commands.options import (
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
+    options = {
         "workers": args.workers,
         "storage": args.storage,
         "runs_dir": args.runs_dir,
@@ -27,9 +27,12 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "smoke": args.smoke,
         "progress": not args.no_progress,
-        "heartbeat_s": args.heartbeat_s,
-        "stale_after_s": args.stale_after_s,
     }
+    # the fault timings' defaults are the engine's (attention/engine.py), given only when set
+    for timing in ("heartbeat_s", "stale_after_s"):
+        if getattr(args, timing) is not None:
+            options[timing] = getattr(args, timing)
+    return options
 
 
 def cmd_study_run(args: argparse.Namespace) -> None:
@@ -144,13 +147,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--heartbeat-s", type=positive_float, default=30.0, help="seconds between a trial's heartbeats"
+        "--heartbeat-s", type=positive_float, help="seconds between a trial's heartbeats (default 30)"
     )
     parser.add_argument(
         "--stale-after-s",
         type=positive_float,
-        default=300.0,
-        help="fail and retry (from its checkpoint) a running trial silent this long",
+        help="fail and retry (from its checkpoint) a running trial silent this long (default 300)",
     )
     add_data_dir(parser)
     add_device(parser)
