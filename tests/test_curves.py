@@ -76,6 +76,11 @@ def test_a_rows_target_says_by_how_much_it_is_met_or_missed(target, mean, text):
     assert target_text(target, mean) == text
 
 
+def test_a_target_against_a_mean_of_some_seeds_is_no_verdict_yet():
+    assert target_text(4.04, 3.46, so_far=True) == "4.04: met, 0.58 below so far"
+    assert target_text(4.04, 4.56, so_far=True) == "4.04: missed by 0.52 so far"
+
+
 def test_the_report_reads_every_finished_seeds_last_stage(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -102,20 +102,22 @@ def row_cells(result: RowResult, independent_seeds: tuple[int, ...]) -> dict[str
         cells[f"test seed {test_seed} %"] = mean_text([_error(s.independent[test_seed]) for s in seeds])
     cells["paper %"] = _pct(row.paper) + (f" ({row.paper_note})" if row.paper_note else "")
     cells["paper vs ours"] = "" if row.paper is None else where_paper_falls(row.paper, summary)
-    cells["target %"] = target_text(row.target, summary.mean)
+    cells["target %"] = target_text(row.target, summary.mean, so_far=bool(result.missing))
     cells["epochs"] = ", ".join(sorted({epochs_text(s) for s in seeds}))
     cells["train time"] = f"{np.mean([minutes(s) for s in seeds]):.1f} min{devices(seeds)}"
     return cells
 
 
-def target_text(target: float | None, mean: float | None) -> str:
-    """'4.04: missed by 0.52' or '4.04: met, 0.10 below' (the seed mean against the row's target)."""
+def target_text(target: float | None, mean: float | None, *, so_far: bool = False) -> str:
+    """'4.04: missed by 0.52' or '4.04: met, 0.10 below' (the seed mean against the row's target), with
+    ' so far' where some of the row's seeds have not finished: a partial mean is no verdict yet."""
     if target is None:
         return ""
     if mean is None:
         return f"{target:.2f}"
     gap = round(mean - target, 2)
-    return f"{target:.2f}: " + (f"missed by {gap:.2f}" if gap > 0 else f"met, {abs(gap):.2f} below")
+    verdict = f"missed by {gap:.2f}" if gap > 0 else f"met, {abs(gap):.2f} below"
+    return f"{target:.2f}: {verdict}" + (" so far" if so_far else "")
 
 
 def columns(independent_seeds: tuple[int, ...], *, targets: bool = False) -> list[str]:

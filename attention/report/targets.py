@@ -54,8 +54,7 @@ def target_cells(study: Study, result: RowResult) -> dict[str, str]:
     if others and all(others[0] in s.independent and s.independent[others[0]] for s in seeds):
         mean = np.mean([s.independent[others[0]]["mean_error_pct"] for s in seeds])
         cells["other test set %"] = f"{mean:.2f} (test seed {others[0]})"
-    verdict = target_text(row.target, summary.mean)
-    cells["target %"] = verdict if not result.missing else f"{verdict} so far"
+    cells["target %"] = target_text(row.target, summary.mean, so_far=bool(result.missing))
     cells["how training ended"] = "; ".join(f"s{s.seed} {s.curve.reading}" for s in seeds if s.curve)
     cells["train time"] = f"{np.mean([minutes(s) for s in seeds]):.0f} min a seed"
     return cells
