@@ -69,9 +69,21 @@ def resolve_config(config: Config) -> Config:
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AttentionError(f"device '{device}' requested but CUDA is not available; use --device cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise AttentionError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AttentionError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise AttentionError(
+                f"device '{device}' requested but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif chosen.type != "cpu":
+        raise AttentionError(f"device '{device}' is not supported: use cpu, cuda, cuda:N or auto")
+    return chosen
 
 
 def make_model(config: Config, device: torch.device) -> torch.nn.Module:

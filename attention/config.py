@@ -330,16 +330,24 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file as an override mapping (never executed, only parsed)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables, parsed (never executed); AttentionError, one line, when it cannot be read."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            return flatten(tomllib.load(handle))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise AttentionError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise AttentionError(f"config file {path} is not valid TOML: {error}") from None
+        raise AttentionError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise AttentionError(f"{path} is a directory, not a TOML file") from None
+    except OSError as error:
+        raise AttentionError(f"{path} cannot be read: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise AttentionError(f"{path} is not valid TOML: {error}") from None
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file as an override mapping (never executed, only parsed)."""
+    return flatten(read_toml(path))
 
 
 # Fields that change how a run is evaluated, never its trained weights: left out of the run identity, so

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from attention import AttentionError
-from attention.config import Config, with_overrides
+from attention.config import Config, read_toml, with_overrides
 from attention.engine import (
     KEY,
     Item,
@@ -32,7 +32,7 @@ from attention.engine import (
 )
 from attention.launch import EngineOptions, launch
 from attention.storage import open_study
-from attention.study import check_keys, overrides_table, read_toml_file, recipe_overrides
+from attention.study import check_keys, overrides_table, recipe_overrides
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def load_search(path: str | Path, *, smoke: bool = False) -> Search:
     """Read and check a search file; every key is checked and a drawn config resolves before anything
     trains. ``smoke`` shrinks it to a few tiny trials."""
     path = Path(path)
-    raw = read_toml_file(path)
+    raw = read_toml(path)
     check_keys(path, "", raw, SEARCH_KEYS)
     if "recipe" not in raw:
         raise AttentionError(f'{path}: a search needs a recipe = "recipes/....toml"')

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from attention import AttentionError
-from attention.config import Config, flatten, load_toml, tomllib, with_overrides
+from attention.config import Config, flatten, load_toml, read_toml, with_overrides
 
 STUDY_KEYS = ("title", "source", "recipe", "seeds", "budget", "evaluation", "row", "compare")
 ROW_KEYS = ("label", "recipe", "set", "stage", "seeds", "paper", "paper_note", "series", "target")
@@ -144,15 +144,6 @@ class Study:
         ]
 
 
-def read_toml_file(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise AttentionError(f"{path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise AttentionError(f"{path} is not valid TOML: {error}") from None
-
-
 def check_keys(path: Path, where: str, table: Any, known: tuple[str, ...]) -> None:
     if not isinstance(table, dict):
         raise AttentionError(f"{path}: '{where}' must be a table")
@@ -233,7 +224,7 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
     """Read and check a study file (see the module docstring); ``smoke`` shrinks every run (``SMOKE``) and
     keeps one seed per row."""
     path = Path(path)
-    raw = read_toml_file(path)
+    raw = read_toml(path)
     check_keys(path, "", raw, STUDY_KEYS)
     if "row" not in raw or not isinstance(raw["row"], list) or not raw["row"]:
         raise AttentionError(f"{path}: a study needs at least one [[row]]")
@@ -319,9 +310,8 @@ def is_search_file(path: Path) -> bool:
     """Whether ``path`` is a search (it has a ``[space]`` table), which has no rows and so no targets: a
     glob like ``studies/*.toml`` takes in the searches that sit beside the studies."""
     try:
-        with Path(path).open("rb") as handle:
-            return "space" in tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
+        return "space" in read_toml(path)
+    except AttentionError:
         return False  # not readable as TOML: load_study says what is wrong with it
 
 

@@ -46,6 +46,23 @@ def test_toml_file_becomes_dotted_overrides(tmp_path):
         load_toml(path)
 
 
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda path: None, "does not exist"),
+        (lambda path: path.mkdir(), "is a directory"),
+        (lambda path: path.write_bytes(b"epochs = '\xff\xfe'\n"), "not valid TOML"),
+    ],
+    ids=["missing", "directory", "not-utf8"],
+)
+def test_an_unreadable_config_file_is_refused_in_one_line_naming_it(tmp_path, make, says):
+    path = tmp_path / "run.toml"
+    make(path)
+    with pytest.raises(AttentionError, match=says) as refused:
+        load_toml(path)
+    assert str(path) in str(refused.value) and "\n" not in str(refused.value)
+
+
 def test_hash_is_stable_and_changes_with_any_field_including_the_seed():
     base = with_overrides(Config(), {})
     assert config_hash(base) == config_hash(with_overrides(Config(), to_dict_overrides(base)))

@@ -660,6 +660,11 @@ def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(mo
     assert default_workers("cuda") == (2, ["cuda:0", "cuda:1"], 1)
     assert default_workers("auto") == (2, ["cuda:0", "cuda:1"], 1)
     assert default_workers("cuda:1") == (1, ["cuda:1"], 1)
+    with pytest.raises(AttentionError, match=r"has 2 CUDA device\(s\): use cuda:0 to cuda:1"):
+        default_workers("cuda:2")
+    for typo in ("gpu", "cuda0", "mps"):  # a typo, or a device this framework does not run on
+        with pytest.raises(AttentionError, match=f"device '{typo}'.*use cpu, cuda, cuda:N or auto"):
+            default_workers(typo)
 
 
 def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_runs_folder(
