@@ -13,7 +13,7 @@ import torch
 
 from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config
-from attention.runs import WEIGHTS, load_run_config, safe_load
+from attention.runs import WEIGHTS, load_run_config, load_weights_into, safe_load
 from attention.tasks import TASKS
 from attention.tasks.classify import SAMPLING_SEED_OFFSET, error_pct, evaluate_model
 
@@ -25,7 +25,13 @@ def load_trained(run_dir: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     run_dir = Path(run_dir)
     config = resolve_config(load_run_config(run_dir))
     model = make_model(config, device)
-    model.load_state_dict(safe_load(run_dir / WEIGHTS, map_location=device))
+    weights = run_dir / WEIGHTS
+    load_weights_into(
+        model,
+        safe_load(weights, map_location=device),
+        weights,
+        what="were they written by another version of the model? Train the run again with this one",
+    )
     model.eval()
     return model, config
 

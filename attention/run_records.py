@@ -16,7 +16,7 @@ import torch
 from attention import AttentionError
 from attention.config import Config
 from attention.linear import kernel_report
-from attention.runs import atomic_torch_save, safe_load, weights_file
+from attention.runs import atomic_torch_save, load_weights_into, safe_load, weights_file
 
 
 def new_state() -> dict[str, Any]:
@@ -60,14 +60,12 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path, device: tor
     path = weights_file(source)
     payload = path.read_bytes()
     state = safe_load(path, map_location=device)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise AttentionError(
-            f"train.init_from: the weights in {path} do not fit this model ({first}); the reader "
-            "output, glimpse network, core and heads must have the same sizes"
-        ) from None
+    load_weights_into(
+        model,
+        state,
+        path,
+        what="train.init_from: the reader output, glimpse network, core and heads must have the same sizes",
+    )
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -162,9 +160,14 @@ class Checkpoint:
                 f"{self.path} was written on {saved.get('device_type')}; resume it with "
                 f"--device {saved.get('device_type')} (its random streams belong to that device)"
             )
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.best_weights = saved["best_model"]
-        self.task.load_state_dict(saved)
-        self.sample_generator.set_state(saved["sample_generator"])
-        self.state.update(saved["state"])
+        stale = "it does not belong to this run: delete it to train the run from the start"
+        try:
+            load_weights_into(self.model, saved["model"], self.path, what=stale)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.best_weights = saved["best_model"]
+            self.task.load_state_dict(saved)
+            self.sample_generator.set_state(saved["sample_generator"])
+            self.state.update(saved["state"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+            named = f"no '{error.args[0]}'" if isinstance(error, KeyError) else str(error).splitlines()[0]
+            raise AttentionError(f"{self.path} cannot be resumed ({named}); {stale}") from None

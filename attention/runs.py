@@ -46,7 +46,8 @@ class RunBusy(AttentionError):
 
 def _temporary_beside(path: Path) -> tuple[int, str]:
     """A temporary file in ``path``'s directory (so the final rename is atomic), with the permissions a
-    plainly created file would get (mkstemp's are owner-only)."""
+    plainly created file would get (mkstemp's are owner-only). The directory is made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
@@ -54,14 +55,34 @@ def _temporary_beside(path: Path) -> tuple[int, str]:
     return handle, temporary
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    handle, temporary = _temporary_beside(path)
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output file that could not be written later: its directory is made
+    if missing and must take a new file (a command that measures for minutes should not fail at the end)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AttentionError(f"cannot write {path}: it is a directory; name a file")
     try:
+        handle, temporary = _temporary_beside(path)
+    except OSError as error:
+        raise AttentionError(f"cannot write {path}: {error.strerror or error}") from None
+    os.close(handle)
+    os.unlink(temporary)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file beside it, renamed over it when complete."""
+    path = Path(path)
+    temporary = None
+    try:
+        handle, temporary = _temporary_beside(path)
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise AttentionError(f"cannot write {path}: {error.strerror or error}") from None
         raise
 
 
@@ -96,6 +117,16 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     except Exception as error:  # a corrupt or foreign file: say which and stop
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise AttentionError(f"{path} cannot be loaded as a weights-only checkpoint ({first_line})") from None
+
+
+def load_weights_into(model: torch.nn.Module, state: Any, path: Path, *, what: str) -> None:
+    """``model.load_state_dict(state)``, refused in one line when the weights saved in ``path`` do not fit
+    (another model's sizes, or a file of another kind); ``what`` ends the message: what to do about it."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise AttentionError(f"the weights in {path} do not fit this model ({first}); {what}") from None
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -289,7 +320,14 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise AttentionError(f"{path}, line {number}, is not valid JSON ({error})") from None
+    return rows
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

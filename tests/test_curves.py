@@ -2,6 +2,7 @@
 
 import pytest
 
+from attention import AttentionError
 from attention.build import resolve_config
 from attention.config import Config, to_dict
 from attention.report.curves import (
@@ -118,3 +119,12 @@ def test_a_row_whose_seeds_a_time_cap_cut_short_is_flagged_and_one_budget_is_not
     # every seed cut at the same epoch trained one budget; early stopping is the recipe's own rule
     assert note(seed(0, capped), seed(1, capped)) == ""
     assert note(seed(0, full, full), seed(1, full, patience)) == ""
+
+
+def test_a_damaged_metrics_file_is_refused_naming_its_line(tmp_path):
+    write_metrics(tmp_path, [{"epoch": 1, "val_error_pct": 5.0}, {"epoch": 2, "val_error_pct": 4.0}])
+    assert [row["epoch"] for row in read_metrics(tmp_path)] == [1, 2]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"epoch": 3, "val_err\n')  # cut off mid-line by hand
+    with pytest.raises(AttentionError, match=r"metrics\.jsonl, line 3, is not valid JSON"):
+        read_metrics(tmp_path)

@@ -485,3 +485,69 @@ def test_a_stochastic_model_keeps_the_eager_unroll_under_compile():
     expected = model.unroll(images, sample=True, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(rollout.where, expected.where)
     torch.testing.assert_close(rollout.logits, expected.logits)
+
+
+def test_an_output_file_is_written_whole_into_a_new_folder_or_refused_in_one_line(tmp_path, monkeypatch):
+    import os
+
+    from attention.runs import atomic_write_bytes, check_writable
+
+    target = tmp_path / "new" / "folder" / "out.json"
+    atomic_write_bytes(target, b"first")
+    assert target.read_bytes() == b"first"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for refused in (lambda: atomic_write_bytes(blocker / "x", b"x"), lambda: check_writable(blocker / "x")):
+        with pytest.raises(AttentionError, match=r"cannot write .*a-file/") as error:
+            refused()
+        assert "\n" not in str(error.value)
+    with pytest.raises(AttentionError, match="is a directory"):
+        check_writable(tmp_path / "new")
+    check_writable(tmp_path / "other" / "x.json")  # makes the folder, leaves no file
+    assert (tmp_path / "other").is_dir() and not any((tmp_path / "other").iterdir())
+
+    def refuse(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(AttentionError, match="No space left on device"):
+        atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"first"  # the old file stands, and no temporary is left beside it
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_bench_refuses_an_output_it_could_not_write_before_measuring(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "attention.cli", "bench", "--json", str(blocker / "bench.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot write") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.mnist
+def test_weights_or_a_checkpoint_that_do_not_fit_the_run_are_refused_in_one_line(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, stop_after_epochs=1)
+    saved = torch.load(run / CHECKPOINT, weights_only=True)
+    del saved["optimizer"]  # a checkpoint of an older version, or of another kind of run
+    torch.save(saved, run / CHECKPOINT)
+    with pytest.raises(AttentionError, match=r"cannot be resumed \(no 'optimizer'\); .*delete it") as refused:
+        fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, resume=True)
+    assert "\n" not in str(refused.value)
+    assert "optimizer" not in torch.load(run / CHECKPOINT, weights_only=True)  # left as it was
+    saved["optimizer"], saved["model"] = {}, {"other.weight": torch.zeros(2)}
+    torch.save(saved, run / CHECKPOINT)
+    with pytest.raises(AttentionError, match="do not fit this model"):
+        fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, resume=True)
+
+    finished = tmp_path / "finished"
+    fit(smoke(**{"train.epochs": 1}), run_dir=finished, data_dir=mnist_dir, progress=False)
+    torch.save({"core.weight": torch.zeros(3, 3)}, finished / WEIGHTS)
+    with pytest.raises(AttentionError, match=r"model\.pt do not fit this model \(.*\); were they written"):
+        evaluate_run(finished, data_dir=mnist_dir)

@@ -17,10 +17,13 @@ def _log(message: str) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from attention import bench
     from attention.build import pick_device
-    from attention.runs import write_json
+    from attention.runs import check_writable, write_json
 
     if args.figure and args.no_scaling:
         raise AttentionError("--figure plots the inference cost: drop --no-scaling to measure it")
+    for output in (args.json, args.figure):
+        if output:
+            check_writable(Path(output))
     if args.population:
         _bench_population(args)
         return

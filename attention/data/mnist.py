@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -221,10 +220,9 @@ def fetch(
             if digest != sha256:
                 log.info("%s: checksum mismatch", url)
                 continue
-            handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-            with os.fdopen(handle, "wb") as out:
-                out.write(payload)
-            os.replace(temporary, directory / f"{name}.gz")
+            from attention.runs import atomic_write_bytes  # (the runs module imports torch)
+
+            atomic_write_bytes(directory / f"{name}.gz", payload)  # whole or not at all
             log.info("fetched %s from %s", name, mirror)
             break
         else:

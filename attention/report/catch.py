@@ -7,6 +7,8 @@ for the GIF). Nothing here calls ``plt.show()``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,10 @@ def save_animation(
     movie = animation.FuncAnimation(fig, draw, frames=len(sequence), blit=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.tmp.gif")
+    # a name of its own, so two reports writing into one folder do not clobber each other's frames
+    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.gif")
+    os.close(handle)
+    temporary = Path(name)
     try:
         movie.save(temporary, writer=animation.PillowWriter(fps=fps), dpi=80)
         temporary.replace(out)  # whole or not at all
