@@ -153,3 +153,23 @@ def test_report_curves_refuses_a_metric_no_run_recorded_and_writes_nothing(tmp_p
     message = capsys.readouterr().err
     assert "val_eror_pct" in message and "val_error_pct" in message and len(message.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_game_run_is_refused_by_the_image_tables_and_figures_naming_its_own_command(tmp_path):
+    import subprocess
+    import sys
+
+    game = fake_run(tmp_path, with_overrides(Config(), {"data.task": "catch"}), 0.0)
+    with pytest.raises(AttentionError, match=r"cannot show a 'catch' run: use `attention report catch`"):
+        results_table([game])
+    done = subprocess.run(  # --figure is refused before anything trains
+        [sys.executable, "-m", "attention.cli", "train", "--set", "data.task=catch", "--figure", "x.png"]
+        + ["--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    refusal = "error: glimpse figures cannot show a 'catch' run: use `attention report catch` for it\n"
+    assert done.stderr == refusal
+    assert not (tmp_path / "runs").exists()

@@ -38,6 +38,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from attention.train import fit
 
     config = config_of(args)
+    if args.figure:
+        from attention.report.figures import check_glimpse_figure
+
+        check_glimpse_figure(config)  # before training, not after
     result = fit(
         config,
         runs_dir=args.runs_dir,

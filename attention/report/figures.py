@@ -163,6 +163,18 @@ def save_task_examples(images: torch.Tensor, labels: torch.Tensor, out: Path, co
     return _save(fig, out)
 
 
+def check_glimpse_figure(config) -> None:
+    """Refuse a run :func:`save_glimpse_paths` cannot draw (a model without glimpses, a game), before any
+    work: ``attention train --figure`` asks before it trains."""
+    from attention.tasks import require_report_command
+
+    if config.model.name != "ram":
+        raise AttentionError(
+            f"run's model is '{config.model.name}', which takes no glimpses; glimpse figures need model 'ram'"
+        )
+    require_report_command(config.data.task, "glimpses", "glimpse figures")
+
+
 def save_glimpse_paths(
     run_dir: Path,
     out: Path,
@@ -182,10 +194,7 @@ def save_glimpse_paths(
 
     device_ = pick_device(device)
     model, config = load_trained(run_dir, device_)
-    if config.model.name != "ram":
-        raise AttentionError(
-            f"run's model is '{config.model.name}', which takes no glimpses; glimpse figures need model 'ram'"
-        )
+    check_glimpse_figure(config)
     data = config.data if test_seed is None else dataclasses.replace(config.data, test_seed=test_seed)
     test = fixed_set(load_mnist(data_dir), data, "test")
     images = to_float(test.images[:count], device_)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from attention import AttentionError
 from attention.runs import RESULT, cut_short_by, load_run_config, read_json
+from attention.tasks import require_report_command
 
 
 def sizes_label(model) -> str:
@@ -126,6 +127,7 @@ def results_table(run_dirs: list[Path], paper: list[str] | None = None) -> str:
         if not (run_dir / RESULT).exists():
             raise AttentionError(f"{run_dir} has no {RESULT}: the run is missing or unfinished")
         config = load_run_config(run_dir)
+        require_report_command(config.data.task, "glimpses", "a table of test errors")
         result = read_json(run_dir / RESULT)
         rows.append(
             f"| {task_label(result['data'])} | {describe(config)} | {training_label(config)} | "

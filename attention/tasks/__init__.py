@@ -26,6 +26,9 @@ CLI rely on nothing else, and nothing outside a task's own module tests which ta
 * ``evaluation_draws(model, *, test_seed, draws) -> dict``: a study's repeated evaluation (``errors_pct``
   per draw, ``averaged_error_pct``, ``first_correct`` per test example of draw 0, ``n`` examples).
 * ``summary(result) -> str``: one line for the command line.
+* ``report_command``: the ``attention report`` subcommand that draws a run's figures: ``"glimpses"`` for
+  the image tasks, whose runs also go in ``attention report table``; ``"catch"`` for the game. Figures and
+  tables made for one refuse the runs of another, naming this command.
 * ``state_dict()`` / ``load_state_dict(saved)``: the task's random streams (training data order, running
   games) for a checkpoint; its keys sit at the checkpoint's top level.
 """
@@ -51,3 +54,13 @@ def _register() -> None:
 
 
 _register()
+
+
+def require_report_command(task: str, command: str, what: str) -> None:
+    """Refuse, in one line naming the command that fits, to draw ``what`` (made by ``attention report
+    command``) for a run of a task reported by another (:attr:`report_command` in the contract above)."""
+    from attention import AttentionError
+
+    fits = TASKS.get(task).report_command
+    if fits != command:
+        raise AttentionError(f"{what} cannot show a '{task}' run: use `attention report {fits}` for it")

@@ -151,6 +151,7 @@ class CatchTask:
 
     selection_metric = "val_catch_rate"  # the metrics row's validation number
     selection_label = "validation miss rate (1 - sampled catch rate)"
+    report_command = "catch"  # the games played, the catch rate curve; no test error for `report table`
 
     def __init__(self, config: Config, *, data_dir: str | Path | None, device: torch.device):
         self.config = config

@@ -94,6 +94,7 @@ class ClassifyTask:
 
     selection_metric = "val_error_pct"  # the metrics row's validation number
     selection_label = "validation error"  # what a search minimises, as its reports name it (in %)
+    report_command = "glimpses"  # glimpse paths on test images; test errors in `attention report table`
 
     def __init__(
         self,
