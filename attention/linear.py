@@ -11,6 +11,14 @@ the same machine type (docs/performance.md). So neither is always right, and the
   runs them (about 10 ms per kernel, at least 3 timings each). oneDNN is kept for that shape only when its
   median time is at least ``MARGIN`` below PyTorch's, paired call by call (:func:`prefer_other`); otherwise
   PyTorch's kernel, the default, is kept. The choice is not measured again in that process.
+* The choice is remembered on this machine: the first process to measure a shape writes it to a small
+  JSON file (``ATTENTION_KERNEL_CACHE``, default ``$XDG_CACHE_HOME/attention/linear-kernels.json``), keyed
+  by the CPU, its vector extensions, oneDNN's ISA and the PyTorch version; later processes read it instead
+  of measuring. The two kernels round differently, so without this a run resumed in a new process, an
+  engine's retry or a rerun of the same seed could take the other kernel for a shape whose two timings
+  are close, and end with other weights. Measuring is done under a lock on the file, so two workers
+  starting together neither measure at once (a loaded machine) nor disagree. Delete the file to measure
+  again; ``ATTENTION_KERNEL_CACHE=off`` measures in every process, as before.
 * ``ATTENTION_ONEDNN_LINEAR=0`` forces PyTorch's kernel and ``=1`` oneDNN's (read at import, or by
   :func:`reset`). A forced choice is the way to make two processes round identically: the two kernels
   sum in different orders, and two processes may measure differently when the two are close.
@@ -28,11 +36,14 @@ second derivatives (refused), forward-mode AD, and CPU autocast (it stays float3
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,10 +51,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from attention import AttentionError
+
 log = logging.getLogger(__name__)
 
 # ATTENTION_ONEDNN_LINEAR=0 forces PyTorch's kernel, =1 oneDNN's; unset, the faster is measured.
 SWITCH = "ATTENTION_ONEDNN_LINEAR"
+# where measured choices are remembered on this machine; "off": measured anew in every process
+CACHE_SWITCH = "ATTENTION_KERNEL_CACHE"
 PYTORCH, ONEDNN = "pytorch", "onednn"
 
 # oneDNN is kept for a shape only when its paired median time is at least this fraction below PyTorch's,
@@ -85,8 +100,19 @@ def _read_switch() -> str | None:
     return PYTORCH if value == "0" else ONEDNN
 
 
+def _cache_path() -> Path | None:
+    value = os.environ.get(CACHE_SWITCH)
+    if value == "off":
+        return None
+    if value:
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "attention" / "linear-kernels.json"
+
+
 _PRODUCT, _ONEDNN_STATUS = _find_onednn()
 _SWITCHED = _read_switch()
+_CACHE = _cache_path()
 _FORCED: str | None = None  # set by forced_kernel()
 _CHOICES: dict[tuple, dict[str, Any]] = {}
 
@@ -175,15 +201,20 @@ def measure(
     return seconds
 
 
-def _choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs_grad: bool) -> dict:
-    shape = {
-        "rows": x.shape[0],
+def _shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs_grad: bool) -> dict:
+    """What a choice is made for (rows rounded up to a power of two, as :func:`_kernel_for` keys them)."""
+    return {
+        "rows": 1 << (x.shape[0] - 1).bit_length(),
         "in_features": x.shape[1],
         "out_features": weight.shape[0],
         "bias": bias is not None,
         "backward": needs_grad,
         "threads": torch.get_num_threads(),
     }
+
+
+def _choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs_grad: bool) -> dict:
+    shape = _shape(x, weight, bias, needs_grad)
     try:
         seconds = measure(x, weight, bias, needs_grad=needs_grad)
     except RuntimeError as error:  # for example inference tensors that autograd may not save
@@ -193,6 +224,64 @@ def _choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ne
     microseconds = {name: round(1e6 * statistics.median(times), 1) for name, times in seconds.items()}
     log.debug("linear %s: median µs %s: %s", shape, microseconds, kernel)
     return {**shape, "kernel": kernel, "median_us": microseconds, "timings": len(seconds[PYTORCH])}
+
+
+def _machine() -> str:
+    """What a remembered choice is valid for: the CPU, its vector extensions, oneDNN's ISA, PyTorch."""
+    from attention.cpu import cpu_description
+
+    cpu = cpu_description()
+    extensions = ",".join(cpu["vector_extensions"] or [])
+    return f"{cpu['model_name']} | {extensions} | oneDNN {cpu['onednn_isa']} | torch {torch.__version__}"
+
+
+@contextlib.contextmanager
+def _locked_cache(path: Path) -> Iterator[dict]:
+    """The remembered choices of every machine, read under an exclusive lock and written back (whole, by
+    renaming) when the block changed them. An unreadable file counts as empty and is replaced."""
+    from attention.runs import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            stored = json.loads(path.read_text()) if path.exists() else {}
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            log.warning("ignoring the linear kernel cache %s (%s): measuring again", path, error)
+            stored = {}
+        before = json.dumps(stored, sort_keys=True)
+        yield stored
+        if json.dumps(stored, sort_keys=True) != before:
+            atomic_write_bytes(path, (json.dumps(stored, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _remembered_or_measured(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, needs_grad: bool
+) -> dict:
+    """The choice remembered on this machine for this shape, else a measured one, remembered for later
+    processes (:data:`CACHE_SWITCH`). Without a usable cache file, measured in this process only."""
+    global _CACHE
+    if _CACHE is None:
+        return _choose(x, weight, bias, needs_grad)
+    choice = None
+    try:
+        with _locked_cache(_CACHE) as stored:
+            choices = stored.setdefault(_machine(), {})
+            shape = _shape(x, weight, bias, needs_grad)
+            key = json.dumps(shape, sort_keys=True)
+            known = choices.get(key)
+            if isinstance(known, dict) and known.get("kernel") in (PYTORCH, ONEDNN):
+                return {**shape, **known, "remembered": str(_CACHE)}
+            choice = _choose(x, weight, bias, needs_grad)
+            if "measurement_failed" not in choice:
+                choices[key] = {k: choice[k] for k in ("kernel", "median_us", "timings")}
+            return choice
+    except (OSError, AttentionError) as error:
+        log.warning("linear kernel cache %s unusable (%s): measured in this process only", _CACHE, error)
+        _CACHE = None
+        return choice or _choose(x, weight, bias, needs_grad)
 
 
 def _kernel_for(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str:
@@ -208,7 +297,7 @@ def _kernel_for(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     key += (torch.get_num_threads(),)
     choice = _CHOICES.get(key)
     if choice is None:
-        choice = _CHOICES[key] = _choose(x, weight, bias, needs_grad)
+        choice = _CHOICES[key] = _remembered_or_measured(x, weight, bias, needs_grad)
     return choice["kernel"]
 
 
@@ -259,9 +348,10 @@ def forced_kernel(kernel: str | None) -> Iterator[None]:
 def reset() -> None:
     """Forget the measured choices, look for oneDNN's operator again and re-read ``ATTENTION_ONEDNN_LINEAR``
     (for tests, or after changing the environment or the thread count in a running process)."""
-    global _PRODUCT, _ONEDNN_STATUS, _SWITCHED
+    global _PRODUCT, _ONEDNN_STATUS, _SWITCHED, _CACHE
     _PRODUCT, _ONEDNN_STATUS = _find_onednn()
     _SWITCHED = _read_switch()
+    _CACHE = _cache_path()
     if _SWITCHED == ONEDNN and _PRODUCT is None:
         log.warning(
             "%s=1 but oneDNN's kernel is not available (%s): PyTorch's kernel", SWITCH, _ONEDNN_STATUS
@@ -275,7 +365,8 @@ def kernel_report() -> dict[str, Any]:
     ``kernel``: ``"pytorch"``, ``"onednn"``, ``"mixed"`` (measured differently for different shapes; see
     ``choices``) or None (measured, but no product has run yet). ``rule``: ``"unavailable"``,
     ``"forced"`` (by the environment switch) or ``"measured"``. ``choices``: one entry per measured shape
-    with its median microseconds per call for each kernel."""
+    with its median microseconds per call for each kernel, and ``remembered`` (the cache file) where the
+    choice was read from an earlier process's measurement on this machine. ``cache``: that file, or None."""
     from attention.cpu import cpu_description
 
     choices = [dict(choice) for choice in _CHOICES.values()]
@@ -291,9 +382,11 @@ def kernel_report() -> dict[str, Any]:
         used = sorted({choice["kernel"] for choice in choices})
         kernel = None if not used else used[0] if len(used) == 1 else "mixed"
         faster = sum(choice["kernel"] == ONEDNN for choice in choices)
+        remembered = sum("remembered" in choice for choice in choices)
         reason = (
             f"timed both kernels at the first product of each shape; oneDNN was at least {MARGIN:.0%} faster "
             f"for {faster} of {len(choices)} shapes, PyTorch's kernel was kept for the others"
+            + (f" ({remembered} choices remembered from an earlier process, {_CACHE})" if remembered else "")
         )
     return {
         "kernel": kernel,
@@ -301,6 +394,7 @@ def kernel_report() -> dict[str, Any]:
         "reason": reason,
         "onednn": _ONEDNN_STATUS,
         "switch": os.environ.get(SWITCH),
+        "cache": None if _CACHE is None else str(_CACHE),
         "choices": choices,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -180,13 +180,30 @@ def test_bench_times_eager_cases_on_each_linear_kernel_beside_the_chosen_one(mon
     assert "1000 [1000, 1000]   pytorch 500 [500, 500]   onednn 250 [250, 250]" in table
 
 
-def test_training_throughput_runs_on_a_forced_kernel():
-    from attention.linear import PYTORCH
+@pytest.mark.parametrize("forced", ["pytorch", "onednn"])
+def test_training_throughput_runs_every_linear_product_on_the_forced_kernel(monkeypatch, forced):
+    import torch.nn.functional as F
 
+    from attention import linear as kernels
+
+    if kernels._PRODUCT is None:  # where oneDNN's operator is missing, pretend: only counting fakes run
+        monkeypatch.setattr(kernels, "_PRODUCT", F.linear)
+    calls = dict.fromkeys(kernels._KERNELS, 0)
+
+    def counted(name):
+        def kernel(x, weight, bias):
+            calls[name] += 1
+            return F.linear(x, weight, bias)
+
+        return kernel
+
+    for name in list(kernels._KERNELS):
+        monkeypatch.setitem(kernels._KERNELS, name, counted(name))
     row = bench.training_throughput(
-        bench.TRAINING_CASES[0], batch=4, warmup=0, repeats=1, device=torch.device("cpu"), kernel=PYTORCH
+        bench.TRAINING_CASES[0], batch=4, warmup=0, repeats=1, device=torch.device("cpu"), kernel=forced
     )
     assert row["images_per_s"] > 0
+    assert calls[forced] > 0 and sum(calls.values()) == calls[forced]  # none on the other kernel
 
 
 def test_processes_trained_together_report_their_images_per_second_over_the_window():

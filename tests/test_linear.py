@@ -13,8 +13,10 @@ ALL_KERNELS = [None, PYTORCH, pytest.param(ONEDNN, marks=needs_onednn)]  # None:
 
 
 @pytest.fixture(autouse=True)
-def fresh_choices(monkeypatch):
-    """Every test starts and ends with no measured choice and the environment's switch re-read."""
+def fresh_choices(monkeypatch, tmp_path):
+    """Every test starts and ends with no measured choice and the environment's switch re-read, and
+    remembers choices in its own cache file, never the user's."""
+    monkeypatch.setenv(kernels.CACHE_SWITCH, str(tmp_path / "linear-kernels.json"))
     kernels.reset()
     yield
     monkeypatch.undo()
@@ -244,3 +246,59 @@ def test_forced_kernel_refuses_an_unknown_name():
     with pytest.raises(ValueError, match="unknown linear kernel"):
         with forced_kernel("blas"):
             pass
+
+
+def new_process() -> None:
+    """What a new process starts from: no choice in memory (the cache file stays)."""
+    kernels._CHOICES.clear()
+
+
+def test_a_measured_choice_is_remembered_so_a_new_process_on_the_machine_takes_it(monkeypatch, tmp_path):
+    seconds = {PYTORCH: 1.0, ONEDNN: 0.5}
+    calls = install_fake_kernels(monkeypatch, seconds)
+    layer = Linear(8, 4)
+    layer(torch.randn(16, 8))
+    (stored,) = json.loads((tmp_path / "linear-kernels.json").read_text()).values()  # one machine
+    assert [choice["kernel"] for choice in stored.values()] == [ONEDNN]
+    new_process()
+    seconds[ONEDNN] = 2.0  # would now lose, measured: a close pair on a loaded machine can flip like this
+    before = dict(calls)
+    layer(torch.randn(16, 8))
+    assert calls == {PYTORCH: before[PYTORCH], ONEDNN: before[ONEDNN] + 1}  # not measured: one call
+    report = kernels.kernel_report()
+    assert report["kernel"] == ONEDNN and report["choices"][0]["remembered"] == report["cache"]
+    assert "remembered from an earlier process" in report["reason"]
+
+
+def test_another_machines_choices_or_an_unreadable_cache_are_measured_again(monkeypatch, tmp_path):
+    cache = tmp_path / "linear-kernels.json"
+    calls = install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 0.5})
+    monkeypatch.setattr(kernels, "_machine", lambda: "another CPU")
+    Linear(8, 4)(torch.randn(16, 8))
+    monkeypatch.setattr(kernels, "_machine", lambda: "this CPU")
+    new_process()
+    measured = dict(calls)
+    Linear(8, 4)(torch.randn(16, 8))
+    assert calls[PYTORCH] > measured[PYTORCH]  # measured: the other machine's choice does not count
+    assert set(json.loads(cache.read_text())) == {"another CPU", "this CPU"}
+    cache.write_text("{ not json")
+    new_process()
+    measured = dict(calls)
+    Linear(8, 4)(torch.randn(16, 8))
+    assert calls[PYTORCH] > measured[PYTORCH] and set(json.loads(cache.read_text())) == {"this CPU"}
+
+
+def test_without_a_usable_cache_each_process_measures_and_training_goes_on(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for where in ("off", str(blocker / "linear-kernels.json")):  # turned off, or a path no file can take
+        monkeypatch.setenv(kernels.CACHE_SWITCH, where)
+        kernels.reset()
+        calls = install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 0.5})
+        Linear(8, 4)(torch.randn(16, 8))
+        new_process()
+        measured = dict(calls)
+        Linear(8, 4)(torch.randn(16, 8))
+        assert calls[PYTORCH] > measured[PYTORCH]
+        assert kernels.kernel_report()["kernel"] == ONEDNN and kernels.kernel_report()["cache"] is None
+    assert blocker.read_text() == ""
