@@ -43,6 +43,7 @@ from attention.population_trials import (
 )
 from attention.run_records import record_validation
 from attention.runs import git_revision, write_metrics
+from attention.tasks.classify import ClassifyTask
 from attention.train import divergence_message, lr_factor, seeded_generator
 
 log = logging.getLogger(__name__)
@@ -282,22 +283,20 @@ def _train_epoch(
         bar.update()
     elapsed = time.perf_counter() - started
     per_trial = (sums / seen).tolist()
-    rows = []
-    for k in range(size):
-        rows.append(
+    # the metrics row of a trial alone (ClassifyTask.epoch_metrics), so the two cannot drift apart
+    names = ("loss", "cross_entropy", "reinforce", "baseline", "reward")
+    return [
+        ClassifyTask.epoch_metrics(
             {
                 "lr": rates[k],
-                "train_loss": per_trial[0][k],
-                "cross_entropy": per_trial[1][k],
-                "reinforce": per_trial[2][k],
-                "baseline_mse": per_trial[3][k],
-                "mean_reward": per_trial[4][k],
-                "train_error_pct": 100 * per_trial[5][k],
+                **{name: per_trial[i][k] for i, name in enumerate(names)},
+                "error_pct": 100 * per_trial[5][k],
                 # images of this trial per second of the shared epoch; the population's is size times it
-                "train_images_per_s": seen / elapsed,
+                "per_s": seen / elapsed,
             }
         )
-    return rows
+        for k in range(size)
+    ]
 
 
 def _drop_diverged(

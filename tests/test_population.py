@@ -24,7 +24,7 @@ from attention.population import PopulationRAM, _stacked_linear
 from attention.population_adam import PopulationAdam
 from attention.population_train import fit_population
 from attention.population_trials import check_population
-from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, run_is_busy, safe_load
+from attention.runs import CHECKPOINT, RESULT, WEIGHTS, read_json, read_metrics, run_is_busy, safe_load
 from attention.train import fit, make_optimizer
 
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
@@ -208,6 +208,11 @@ def test_a_population_of_three_ends_with_the_weights_of_its_trials_trained_alone
         for key in ("validation_error_pct", "test_error_pct", "best_epoch", "config_hash"):
             assert result_together[key] == result_alone[key]
         assert result_together["population_size"] == 3
+        rows_alone, rows_together = read_metrics(alone), read_metrics(together)  # the same metrics rows
+        assert [sorted(row) for row in rows_together] == [sorted(row) for row in rows_alone]
+        for row_alone, row_together in zip(rows_alone, rows_together, strict=True):
+            for key in ("train_error_pct", "val_error_pct", "cross_entropy", "lr"):
+                assert row_together[key] == pytest.approx(row_alone[key], rel=1e-4, abs=1e-6), key
 
 
 def test_a_run_stopped_alone_continues_in_a_population_to_the_same_end(mnist_dir, tmp_path, alone_runs):

@@ -163,7 +163,9 @@ class ClassifyTask:
 
         return step
 
-    def epoch_metrics(self, training: dict[str, float], epochs_done: int) -> dict[str, float]:
+    @staticmethod
+    def epoch_metrics(training: dict[str, float], epochs_done: int | None = None) -> dict[str, float]:
+        """An epoch's metrics row from the trainer's averages (a population's trials use it too)."""
         return {
             "lr": training["lr"],
             "train_loss": training["loss"],
