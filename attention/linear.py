@@ -70,6 +70,8 @@ MARGIN = 0.05
 WARMUP_CALLS = 2
 MEASURE_SECONDS = 0.01
 MIN_TIMINGS, MAX_TIMINGS = 3, 25
+# How long a process waits for another to finish measuring before it measures on its own, uncached.
+LOCK_WAIT_SECONDS = 10.0
 
 
 def _find_onednn() -> tuple[Callable | None, str]:
@@ -106,8 +108,20 @@ def _cache_path() -> Path | None:
         return None
     if value:
         return Path(value)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home directory (a container's arbitrary user): measured in each process
+        return None
     return Path(base) / "attention" / "linear-kernels.json"
+
+
+def _shown(path: Path | None) -> str | None:
+    """``path`` as recorded in result.json: the home directory as ``~``, so records name no user."""
+    if path is None:
+        return None
+    with contextlib.suppress(RuntimeError, ValueError):
+        return "~/" + str(path.relative_to(Path.home()))
+    return str(path)
 
 
 _PRODUCT, _ONEDNN_STATUS = _find_onednn()
@@ -243,7 +257,17 @@ def _locked_cache(path: Path) -> Iterator[dict]:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        # a deadline, not a wait without end: a process stopped while it measures (Ctrl-Z, a debugger)
+        # must not hold every other run on the machine at its first product
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"its lock was held for more than {LOCK_WAIT_SECONDS:.0f} s") from None
+                time.sleep(0.05)
         try:
             stored = json.loads(path.read_text()) if path.exists() else {}
             if not isinstance(stored, dict):
@@ -269,11 +293,13 @@ def _remembered_or_measured(
     try:
         with _locked_cache(_CACHE) as stored:
             choices = stored.setdefault(_machine(), {})
+            if not isinstance(choices, dict):  # a hand-edited or foreign file: this machine's part anew
+                choices = stored[_machine()] = {}
             shape = _shape(x, weight, bias, needs_grad)
             key = json.dumps(shape, sort_keys=True)
             known = choices.get(key)
             if isinstance(known, dict) and known.get("kernel") in (PYTORCH, ONEDNN):
-                return {**shape, **known, "remembered": str(_CACHE)}
+                return {**shape, **known, "remembered": True}
             choice = _choose(x, weight, bias, needs_grad)
             if "measurement_failed" not in choice:
                 choices[key] = {k: choice[k] for k in ("kernel", "median_us", "timings")}
@@ -365,8 +391,9 @@ def kernel_report() -> dict[str, Any]:
     ``kernel``: ``"pytorch"``, ``"onednn"``, ``"mixed"`` (measured differently for different shapes; see
     ``choices``) or None (measured, but no product has run yet). ``rule``: ``"unavailable"``,
     ``"forced"`` (by the environment switch) or ``"measured"``. ``choices``: one entry per measured shape
-    with its median microseconds per call for each kernel, and ``remembered`` (the cache file) where the
-    choice was read from an earlier process's measurement on this machine. ``cache``: that file, or None."""
+    with its median microseconds per call for each kernel, and ``remembered`` where the choice was read
+    from an earlier process's measurement on this machine. ``cache``: that file (``~`` for the home
+    directory), or None where choices are not remembered."""
     from attention.cpu import cpu_description
 
     choices = [dict(choice) for choice in _CHOICES.values()]
@@ -386,7 +413,7 @@ def kernel_report() -> dict[str, Any]:
         reason = (
             f"timed both kernels at the first product of each shape; oneDNN was at least {MARGIN:.0%} faster "
             f"for {faster} of {len(choices)} shapes, PyTorch's kernel was kept for the others"
-            + (f" ({remembered} choices remembered from an earlier process, {_CACHE})" if remembered else "")
+            + (f" ({remembered} remembered from an earlier process, {_shown(_CACHE)})" if remembered else "")
         )
     return {
         "kernel": kernel,
@@ -394,7 +421,7 @@ def kernel_report() -> dict[str, Any]:
         "reason": reason,
         "onednn": _ONEDNN_STATUS,
         "switch": os.environ.get(SWITCH),
-        "cache": None if _CACHE is None else str(_CACHE),
+        "cache": _shown(_CACHE),
         "choices": choices,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

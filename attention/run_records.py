@@ -155,19 +155,24 @@ class Checkpoint:
         """Load ``checkpoint.pt`` weights-only; refused on another kind of device than the one that wrote
         it (its random streams belong to that device)."""
         saved = safe_load(self.path, map_location=self.device)
+        stale = "it does not belong to this run: delete it to train the run from the start"
+        if not isinstance(saved, dict):
+            raise AttentionError(f"{self.path} cannot be resumed (not a checkpoint); {stale}")
         if saved.get("device_type", "cpu") != self.device.type:
             raise AttentionError(
                 f"{self.path} was written on {saved.get('device_type')}; resume it with "
                 f"--device {saved.get('device_type')} (its random streams belong to that device)"
             )
-        stale = "it does not belong to this run: delete it to train the run from the start"
         try:
             load_weights_into(self.model, saved["model"], self.path, what=stale)
             self.optimizer.load_state_dict(saved["optimizer"])
             self.best_weights = saved["best_model"]
+            shapes = {name: tuple(value.shape) for name, value in self.model.state_dict().items()}
+            if {name: tuple(value.shape) for name, value in self.best_weights.items()} != shapes:
+                raise ValueError("its best weights have other names or shapes than the model's")
             self.task.load_state_dict(saved)
             self.sample_generator.set_state(saved["sample_generator"])
             self.state.update(saved["state"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
             named = f"no '{error.args[0]}'" if isinstance(error, KeyError) else str(error).splitlines()[0]
             raise AttentionError(f"{self.path} cannot be resumed ({named}); {stale}") from None

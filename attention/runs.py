@@ -44,11 +44,11 @@ class RunBusy(AttentionError):
     """Another process is training this run directory."""
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
+def temporary_beside(path: Path, *, suffix: str = ".tmp") -> tuple[int, str]:
     """A temporary file in ``path``'s directory (so the final rename is atomic), with the permissions a
     plainly created file would get (mkstemp's are owner-only). The directory is made if missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
@@ -62,7 +62,7 @@ def check_writable(path: Path) -> None:
     if path.is_dir():
         raise AttentionError(f"cannot write {path}: it is a directory; name a file")
     try:
-        handle, temporary = _temporary_beside(path)
+        handle, temporary = temporary_beside(path)
     except OSError as error:
         raise AttentionError(f"cannot write {path}: {error.strerror or error}") from None
     os.close(handle)
@@ -74,7 +74,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path = Path(path)
     temporary = None
     try:
-        handle, temporary = _temporary_beside(path)
+        handle, temporary = temporary_beside(path)
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
         os.replace(temporary, path)
@@ -122,11 +122,38 @@ def safe_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
 def load_weights_into(model: torch.nn.Module, state: Any, path: Path, *, what: str) -> None:
     """``model.load_state_dict(state)``, refused in one line when the weights saved in ``path`` do not fit
     (another model's sizes, or a file of another kind); ``what`` ends the message: what to do about it."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AttentionError(f"the weights in {path} do not fit this model ({first}); {what}") from None
+    why = _misfit(model.state_dict(), state)
+    if why is None:
+        try:
+            model.load_state_dict(state)
+            return
+        except (RuntimeError, TypeError, AttributeError, KeyError) as error:
+            why = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise AttentionError(f"the weights in {path} do not fit this model ({why}); {what}") from None
+
+
+def _misfit(expected: dict[str, torch.Tensor], state: Any) -> str | None:
+    """What keeps ``state`` from loading where ``expected`` is the model's state dict, briefly (a few names
+    of each kind; load_state_dict's own message lists every key over several lines), or None."""
+    if not isinstance(state, dict):
+        return f"a {type(state).__name__}, not a dict of weights"
+
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    other_shape = [
+        f"{key} {tuple(state[key].shape)} for {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and isinstance(state[key], torch.Tensor) and state[key].shape != value.shape
+    ]
+    parts = [
+        f"{label}: {names(keys)}"
+        for label, keys in (("missing", missing), ("not in the model", unexpected), ("shape", other_shape))
+        if keys
+    ]
+    return "; ".join(parts) or None
 
 
 def load_run_config(run_dir: Path) -> Config:

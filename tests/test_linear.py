@@ -266,7 +266,8 @@ def test_a_measured_choice_is_remembered_so_a_new_process_on_the_machine_takes_i
     layer(torch.randn(16, 8))
     assert calls == {PYTORCH: before[PYTORCH], ONEDNN: before[ONEDNN] + 1}  # not measured: one call
     report = kernels.kernel_report()
-    assert report["kernel"] == ONEDNN and report["choices"][0]["remembered"] == report["cache"]
+    assert report["kernel"] == ONEDNN and report["choices"][0]["remembered"] is True
+    assert report["cache"] == str(tmp_path / "linear-kernels.json")
     assert "remembered from an earlier process" in report["reason"]
 
 
@@ -281,11 +282,13 @@ def test_another_machines_choices_or_an_unreadable_cache_are_measured_again(monk
     Linear(8, 4)(torch.randn(16, 8))
     assert calls[PYTORCH] > measured[PYTORCH]  # measured: the other machine's choice does not count
     assert set(json.loads(cache.read_text())) == {"another CPU", "this CPU"}
-    cache.write_text("{ not json")
-    new_process()
-    measured = dict(calls)
-    Linear(8, 4)(torch.randn(16, 8))
-    assert calls[PYTORCH] > measured[PYTORCH] and set(json.loads(cache.read_text())) == {"this CPU"}
+    for damaged in ("{ not json", '{"this CPU": ["a list"]}'):
+        cache.write_text(damaged)
+        new_process()
+        measured = dict(calls)
+        Linear(8, 4)(torch.randn(16, 8))
+        assert calls[PYTORCH] > measured[PYTORCH]
+        assert [c["kernel"] for c in json.loads(cache.read_text())["this CPU"].values()] == [ONEDNN]
 
 
 def test_without_a_usable_cache_each_process_measures_and_training_goes_on(monkeypatch, tmp_path):
@@ -302,3 +305,28 @@ def test_without_a_usable_cache_each_process_measures_and_training_goes_on(monke
         assert calls[PYTORCH] > measured[PYTORCH]
         assert kernels.kernel_report()["kernel"] == ONEDNN and kernels.kernel_report()["cache"] is None
     assert blocker.read_text() == ""
+
+
+def test_a_process_holding_the_cache_lock_too_long_does_not_stop_others(monkeypatch, tmp_path):
+    import fcntl
+
+    calls = install_fake_kernels(monkeypatch, {PYTORCH: 1.0, ONEDNN: 0.5})
+    monkeypatch.setattr(kernels, "LOCK_WAIT_SECONDS", 0.2)
+    with open(tmp_path / "linear-kernels.json.lock", "a") as held:  # as a process stopped mid-measurement
+        fcntl.flock(held, fcntl.LOCK_EX)
+        Linear(8, 4)(torch.randn(16, 8))
+    assert calls[PYTORCH] > 0 and kernels.kernel_report()["kernel"] == ONEDNN  # measured, uncached
+    assert kernels.kernel_report()["cache"] is None
+
+
+def test_without_a_home_directory_choices_are_not_remembered(monkeypatch):
+    from pathlib import Path
+
+    def homeless():
+        raise RuntimeError("Could not determine home directory")
+
+    monkeypatch.delenv(kernels.CACHE_SWITCH)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(homeless))
+    kernels.reset()
+    assert kernels.kernel_report()["cache"] is None

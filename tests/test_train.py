@@ -534,6 +534,7 @@ def test_bench_refuses_an_output_it_could_not_write_before_measuring(tmp_path):
 def test_weights_or_a_checkpoint_that_do_not_fit_the_run_are_refused_in_one_line(mnist_dir, tmp_path):
     run = tmp_path / "run"
     fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, stop_after_epochs=1)
+    original = torch.load(run / CHECKPOINT, weights_only=True)
     saved = torch.load(run / CHECKPOINT, weights_only=True)
     del saved["optimizer"]  # a checkpoint of an older version, or of another kind of run
     torch.save(saved, run / CHECKPOINT)
@@ -543,7 +544,14 @@ def test_weights_or_a_checkpoint_that_do_not_fit_the_run_are_refused_in_one_line
     assert "optimizer" not in torch.load(run / CHECKPOINT, weights_only=True)  # left as it was
     saved["optimizer"], saved["model"] = {}, {"other.weight": torch.zeros(2)}
     torch.save(saved, run / CHECKPOINT)
-    with pytest.raises(AttentionError, match="do not fit this model"):
+    with pytest.raises(AttentionError, match=r"do not fit this model \(.*other\.weight"):  # names the keys
+        fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, resume=True)
+    torch.save([1, 2], run / CHECKPOINT)
+    with pytest.raises(AttentionError, match=r"cannot be resumed \(not a checkpoint\)"):
+        fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, resume=True)
+    original["best_model"] = {name: value[:1] for name, value in original["model"].items()}
+    torch.save(original, run / CHECKPOINT)  # else whole: found at restore, not when training ends
+    with pytest.raises(AttentionError, match="best weights have other names or shapes"):
         fit(smoke(), run_dir=run, data_dir=mnist_dir, progress=False, resume=True)
 
     finished = tmp_path / "finished"

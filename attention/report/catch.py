@@ -8,7 +8,6 @@ for the GIF). Nothing here calls ``plt.show()``.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from attention import AttentionError  # noqa: E402
 from attention.envs.catch import PADDLE_WIDTH, Catch  # noqa: E402
 from attention.readers.retina import patch_squares  # noqa: E402
 from attention.report.figures import save_figure  # noqa: E402
+from attention.runs import temporary_beside  # noqa: E402
 from attention.tasks.catch import POLICY_SEED_OFFSET, play  # noqa: E402
 
 # the paper's best agent (RAM sec. 4.2) and a uniformly random agent under docs/catch.md's rules
@@ -148,9 +148,9 @@ def save_animation(
 
     movie = animation.FuncAnimation(fig, draw, frames=len(sequence), blit=False)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own, so two reports writing into one folder do not clobber each other's frames
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.gif")
+    # a name of its own, so two reports writing into one folder do not clobber each other's frames;
+    # ".gif" last, as PillowWriter picks its format by the suffix
+    handle, name = temporary_beside(out, suffix=".tmp.gif")
     os.close(handle)
     temporary = Path(name)
     try:
