@@ -36,7 +36,6 @@ second derivatives (refused), forward-mode AD, and CPU autocast (it stays float3
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -253,21 +252,14 @@ def _machine() -> str:
 def _locked_cache(path: Path) -> Iterator[dict]:
     """The remembered choices of every machine, read under an exclusive lock and written back (whole, by
     renaming) when the block changed them. An unreadable file counts as empty and is replaced."""
-    from attention.runs import atomic_write_bytes
+    from attention.runs import atomic_write_bytes, lock_within
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         # a deadline, not a wait without end: a process stopped while it measures (Ctrl-Z, a debugger)
         # must not hold every other run on the machine at its first product
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise OSError(f"its lock was held for more than {LOCK_WAIT_SECONDS:.0f} s") from None
-                time.sleep(0.05)
+        if not lock_within(lock, LOCK_WAIT_SECONDS):
+            raise OSError(f"its lock was held for more than {LOCK_WAIT_SECONDS:.0f} s")
         try:
             stored = json.loads(path.read_text()) if path.exists() else {}
             if not isinstance(stored, dict):

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -290,6 +290,20 @@ def finished_result(run_dir: Path, config: Config, *, resume: bool) -> dict[str,
     return None
 
 
+def lock_within(handle: IO, seconds: float) -> bool:
+    """Take an exclusive lock on the open file ``handle``, trying for at most ``seconds``; whether it was
+    taken (the kernel releases it when the file is closed or the process dies)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def holding_run(run_dir: Path, *, wait: bool = False, patience_s: float = 2.0) -> Iterator[None]:
     """Hold ``run_dir`` for training (its :data:`LOCK` file) for the body. If another process holds it for
@@ -297,20 +311,11 @@ def holding_run(run_dir: Path, *, wait: bool = False, patience_s: float = 2.0) -
     search's retry whose first worker still runs), else refuse with :class:`RunBusy`. The lock is the
     kernel's: a killed process releases it."""
     with open(Path(run_dir) / LOCK, "a") as handle:
-        deadline = time.monotonic() + patience_s
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:  # perhaps only a probe's instant (run_is_busy)
-                    time.sleep(0.05)
-                    continue
-                if not wait:
-                    raise RunBusy(busy_message(run_dir)) from None
-                log.warning("waiting for %s: another process is training it", run_dir)
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                break
+        if not lock_within(handle, patience_s):  # not only a probe's instant (run_is_busy)
+            if not wait:
+                raise RunBusy(busy_message(run_dir))
+            log.warning("waiting for %s: another process is training it", run_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
