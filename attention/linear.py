@@ -36,6 +36,7 @@ second derivatives (refused), forward-mode AD, and CPU autocast (it stays float3
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -239,6 +240,7 @@ def _choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ne
     return {**shape, "kernel": kernel, "median_us": microseconds, "timings": len(seconds[PYTORCH])}
 
 
+@functools.cache  # read once per process (it parses /proc/cpuinfo), not at every new shape
 def _machine() -> str:
     """What a remembered choice is valid for: the CPU, its vector extensions, oneDNN's ISA, PyTorch."""
     from attention.cpu import cpu_description
@@ -284,9 +286,10 @@ def _remembered_or_measured(
     choice = None
     try:
         with _locked_cache(_CACHE) as stored:
-            choices = stored.setdefault(_machine(), {})
+            machine = _machine()
+            choices = stored.setdefault(machine, {})
             if not isinstance(choices, dict):  # a hand-edited or foreign file: this machine's part anew
-                choices = stored[_machine()] = {}
+                choices = stored[machine] = {}
             shape = _shape(x, weight, bias, needs_grad)
             key = json.dumps(shape, sort_keys=True)
             known = choices.get(key)
