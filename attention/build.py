@@ -5,6 +5,7 @@ of them imports another to get a model."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "replace_data",
     "resolve_config",
     "training_unroll",
+    "use_deterministic_cuda",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -83,7 +85,30 @@ def pick_device(device: str | None) -> torch.device:
             )
     elif chosen.type != "cpu":
         raise AttentionError(f"device '{device}' is not supported: use cpu, cuda, cuda:N or auto")
+    if chosen.type == "cuda":
+        use_deterministic_cuda()
     return chosen
+
+
+# cuBLAS reads this when it starts: a fixed workspace makes its products add in the same order each time
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def use_deterministic_cuda() -> None:
+    """Ask CUDA for kernels that give the same result each time: same seed and machine, same run. Left to
+    itself cuDNN picks its convolution algorithms by timing them (the CNN baseline could train with another
+    one in a rerun), some of its backward algorithms and cuBLAS's split reductions add in an order that
+    varies, and so a seed's run would not repeat itself. An operation that has no deterministic CUDA kernel
+    warns (``warn_only``) rather than stopping a run. Set for the whole process, as torch allows; the
+    CPU's kernels are deterministic already, so a CPU run never calls this."""
+    if "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # a debugging aid that fills every new uninitialised tensor (a pass over memory per torch.empty); our
+    # code reads no uninitialised memory, so it would cost time and change nothing
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def make_model(config: Config, device: torch.device) -> torch.nn.Module:

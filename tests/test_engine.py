@@ -655,16 +655,57 @@ def test_the_workers_honour_the_device_asked_for_and_a_missing_one_is_refused(mo
         run_study(study_file, storage=storage, runs_dir=tmp_path / "runs", device="cuda", progress=False)
     assert not (tmp_path / "study.journal").exists() and not (tmp_path / "runs").exists()  # nothing queued
     # on a machine with two GPUs: one worker each, or one worker on the GPU named
+    import attention.build
+
+    asked: list[bool] = []  # choosing a GPU asks for its deterministic kernels (not here: process-wide)
+    monkeypatch.setattr(attention.build, "use_deterministic_cuda", lambda: asked.append(True))
+    default_workers("cpu")
+    assert not asked
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert default_workers("cuda") == (2, ["cuda:0", "cuda:1"], 1)
     assert default_workers("auto") == (2, ["cuda:0", "cuda:1"], 1)
     assert default_workers("cuda:1") == (1, ["cuda:1"], 1)
+    assert asked
     with pytest.raises(AttentionError, match=r"has 2 CUDA device\(s\): use cuda:0 to cuda:1"):
         default_workers("cuda:2")
     for typo in ("gpu", "cuda0", "mps"):  # a typo, or a device this framework does not run on
         with pytest.raises(AttentionError, match=f"device '{typo}'.*use cpu, cuda, cuda:N or auto"):
             default_workers(typo)
+
+
+def test_a_gpu_run_asks_for_deterministic_kernels(monkeypatch):
+    """Same seed and machine, same result: cuDNN must not pick algorithms by timing, and the products must
+    add in a fixed order. The settings are process-wide, so they are put back afterwards."""
+    import torch
+    import torch.utils.deterministic
+
+    from attention.build import CUBLAS_WORKSPACE, use_deterministic_cuda
+
+    before = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cudnn.benchmark = True
+    try:
+        use_deterministic_cuda()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_WORKSPACE
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a missing kernel warns, not fails
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own choice is kept
+        use_deterministic_cuda()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        benchmark, deterministic, enabled, warn_only, fill = before
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_runs_folder(
