@@ -242,7 +242,8 @@ class WorkerSpec:
     stale_after_s: float = STALE_AFTER_S
     poll_s: float = 5.0
     population: int = 1
-    """A search's trials trained together by each worker, as one population (attention/population.py)."""
+    """Up to this many trials trained together by each worker, as one population (attention/population.py):
+    a search's draws, or a study's seeds of one row and stage."""
     rows: tuple[str, ...] = ()
     """A study run limited to the rows whose label contains one of these (attention/study.py: Selection)."""
     seeds: tuple[int, ...] = ()
@@ -288,6 +289,15 @@ class Work:
     wanted: Callable[[optuna.trial.FrozenTrial], bool] | None = None
     """Which of the file's trials this command works on at all (a study run limited to some rows or
     seeds); None: every one. The others are neither claimed nor waited for."""
+    config_of: Callable[[optuna.trial.FrozenTrial], Config | None] | None = None
+    """A waiting trial's resolved config, without claiming it (None where it is not known yet): which
+    trials can train together as one population."""
+    plan: Callable[[optuna.Trial], tuple[Config, Path]] | None = None
+    """A claimed trial's config and run directory, recorded on the trial (``run_dir``): what ``execute``
+    trains, and what a population trains for it."""
+    reporter: Callable[[optuna.Trial, Config], OnEpoch] | None = None
+    """What a claimed trial's epochs are reported to (a search's pruner; for both, the check that it was
+    not failed as stale meanwhile)."""
 
     def claimable(self, trial: optuna.trial.FrozenTrial) -> bool:
         return (self.wanted is None or self.wanted(trial)) and (self.accept is None or self.accept(trial))
@@ -322,13 +332,11 @@ def worker(*specs: WorkerSpec) -> int:
     first = specs[0]
     if first.device == "cpu" or not first.device.startswith("cuda"):
         torch.set_num_threads(first.threads)
-    if first.population > 1:
-        from attention.population_search import population_worker
-
-        if len(specs) > 1:
-            raise AttentionError("--population trains the trials of one search file at a time")
-        return population_worker(first)
     works = [work_of(spec) for spec in specs]
+    if first.population > 1:
+        from attention.population_work import population_worker
+
+        return population_worker(works)
     ran = 0
     while (found := next_trial(works)) is not None:
         work, trial = found

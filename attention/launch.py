@@ -136,8 +136,13 @@ class EngineOptions:
     """How often a running trial says it is alive."""
     stale_after_s: float = STALE_AFTER_S
     """How long without a heartbeat before another worker fails a RUNNING trial as stale (its worker died)."""
+    population: int = 1
+    """Up to this many trials trained together by each worker as one population (attention/population.py):
+    a search's draws, a study's seeds of one row and stage; 1: one trial at a time."""
 
     def __post_init__(self) -> None:
+        if self.population < 1:
+            raise AttentionError(f"--population must be >= 1, got {self.population}")
         if not 0 < 2 * self.heartbeat_s < self.stale_after_s:
             raise AttentionError(
                 f"--stale-after-s ({self.stale_after_s:g}) must be more than twice --heartbeat-s "
@@ -187,6 +192,7 @@ def launch(
             progress=options.progress,
             heartbeat_s=options.heartbeat_s,
             stale_after_s=options.stale_after_s,
+            population=options.population,
             started=started,
             **more,
         )

@@ -22,6 +22,7 @@ from attention.config import Config, flatten, to_dict
 from attention.data.mnist import Mnist
 from attention.data.tasks import TrainingStream
 from attention.run_records import Checkpoint
+from attention.tasks import TASKS
 from attention.tasks.classify import ClassifyTask
 from attention.train import OpenRun, finish_run, open_run
 
@@ -44,17 +45,27 @@ def population_mismatch(a: Config, b: Config) -> str | None:
     return None
 
 
+def population_refusal(config: Config) -> str | None:
+    """Why ``config`` cannot train in a population at all (a worker trains such a run alone), or None."""
+    if TASKS.get(config.data.task) is not ClassifyTask:
+        return f"a population trains the image classification tasks, not '{config.data.task}'"
+    if config.model.name != "ram":
+        return f"a population trains RAM models (model.name 'ram'), not '{config.model.name}'"
+    if config.train.optimizer != "adam":
+        return f"a population trains with Adam; train.optimizer is '{config.train.optimizer}'"
+    if config.train.compile:
+        return "a population runs eagerly: set train.compile=false"
+    return None
+
+
 def check_population(configs: Sequence[Config]) -> None:
     """Refuse, in one line, configs that cannot train as one population."""
     if not configs:
         raise AttentionError("a population needs at least one trial")
     first = configs[0]
-    if first.model.name != "ram":
-        raise AttentionError(f"a population trains RAM models (model.name 'ram'), not '{first.model.name}'")
-    if first.train.optimizer != "adam":
-        raise AttentionError(f"a population trains with Adam; train.optimizer is '{first.train.optimizer}'")
-    if first.train.compile:
-        raise AttentionError("a population runs eagerly: set train.compile=false")
+    refusal = population_refusal(first)
+    if refusal:
+        raise AttentionError(refusal)
     for config in configs[1:]:
         why = population_mismatch(first, config)
         if why:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -33,6 +33,9 @@ from attention.engine import (
 from attention.launch import EngineOptions, launch
 from attention.storage import open_study
 from attention.study import check_keys, overrides_table, recipe_overrides
+
+if TYPE_CHECKING:
+    from attention.train import OnEpoch
 
 log = logging.getLogger(__name__)
 
@@ -220,21 +223,37 @@ def work(spec: WorkerSpec) -> Work:
             "search", {"title": search.title, "source": search.source, "file": str(search.path)}
         )
 
+    drawn = draws(search)
+
     def refill() -> None:
         enqueue(study, items(search), errors_since=spec.started)
 
-    def execute(trial: optuna.Trial) -> float:
-        config, run_dir = trial_run(search, trial, runs_dir)
+    def plan(trial: optuna.Trial) -> tuple[Config, Path]:
+        return trial_run(search, trial, runs_dir)
+
+    def reporter(trial: optuna.Trial, config: Config) -> OnEpoch:
         task = TASKS.get(config.data.task)  # its own selection number, lower is better
 
         def report(row: dict[str, Any], final: bool) -> None:
             report_epoch(trial, row, final=final, selection=task.epoch_selection)
 
-        # wait_if_busy: a retry of a trial wrongly thought stale; its first worker stops after its next epoch
-        result = spec.train(config, run_dir, report, wait_if_busy=True)
-        return task.result_selection(result)
+        return report
 
-    return Work(spec, execute, refill, study, storage)
+    def execute(trial: optuna.Trial) -> float:
+        config, run_dir = plan(trial)
+        # wait_if_busy: a retry of a trial wrongly thought stale; its first worker stops after its next epoch
+        result = spec.train(config, run_dir, reporter(trial, config), wait_if_busy=True)
+        return TASKS.get(config.data.task).result_selection(result)
+
+    def config_of(trial: optuna.trial.FrozenTrial) -> Config | None:
+        from attention.build import resolve_config
+
+        draw = trial.user_attrs.get("draw")
+        if not isinstance(draw, int) or not 0 <= draw < len(drawn):
+            return None
+        return resolve_config(search.config(drawn[draw]))
+
+    return Work(spec, execute, refill, study, storage, config_of=config_of, plan=plan, reporter=reporter)
 
 
 def report_epoch(
@@ -278,20 +297,16 @@ def _suggest(trial: optuna.Trial, key: str, distribution: optuna.distributions.B
     return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
 
 
-def run_search(
-    path: str | Path, *, trials: int | None = None, population: int = 1, **engine: Any
-) -> dict[str, Any]:
+def run_search(path: str | Path, *, trials: int | None = None, **engine: Any) -> dict[str, Any]:
     """Run a search's trials that have not run yet (``trials`` overrides the file's count: the cap).
-    ``population`` K > 1: each worker claims up to K waiting trials and trains them as one population
-    (the workers are the engine's default or ``workers``, as without populations). ``engine``: the fields
-    of :class:`attention.launch.EngineOptions` (workers, storage, runs_dir, device, ...)."""
+    ``engine``: the fields of :class:`attention.launch.EngineOptions` (workers, storage, runs_dir, device,
+    ...); with ``population`` K > 1 each worker claims up to K waiting trials and trains them as one
+    population (the workers are the engine's default or ``workers``, as without populations)."""
     path = Path(path)
     options = EngineOptions(**engine)
     load_search(path, smoke=options.smoke)  # refuses a malformed file before anything runs
     if trials is not None and trials < 1:
         raise AttentionError("--trials must be >= 1")
-    if population < 1:
-        raise AttentionError(f"--population must be >= 1, got {population}")
-    [(spec, study)] = launch("search", [path], options, trials=trials, population=population)
+    [(spec, study)] = launch("search", [path], options, trials=trials)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     return {"storage": spec.storage, **{state.lower(): states.count(state) for state in sorted(set(states))}}

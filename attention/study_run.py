@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -43,6 +43,9 @@ from attention.study import (
     unit_config,
     unit_run,
 )
+
+if TYPE_CHECKING:
+    from attention.train import OnEpoch
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def work(spec: WorkerSpec) -> Work:
             errors_since=spec.started,
         )
 
-    def execute(trial: optuna.Trial) -> float:
+    def plan(trial: optuna.Trial) -> tuple[Config, Path]:
         key = trial.user_attrs[KEY]
         found = resolve(units[key]) if key in units else None
         if found is None:
@@ -104,11 +107,23 @@ def work(spec: WorkerSpec) -> Work:
         config, run_dir = found
         trial.set_user_attr("run_dir", str(run_dir))
         log.warning("trial %d: %s -> %s", trial.number, key, run_dir)
+        return config, run_dir
+
+    def reporter(trial: optuna.Trial, config: Config) -> OnEpoch:
+        return lambda row, final: check_still_running(trial)  # a study prunes nothing
+
+    def execute(trial: optuna.Trial) -> float:
+        config, run_dir = plan(trial)
         try:
-            result = spec.train(config, run_dir, lambda row, final: check_still_running(trial))
+            result = spec.train(config, run_dir, reporter(trial, config))
         except RunBusy as busy:  # a unit another study shares, taken there as this worker got ready
             raise HandBack(str(busy)) from None
         return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
+
+    def config_of(trial: optuna.trial.FrozenTrial) -> Config | None:
+        unit = units.get(trial.user_attrs.get(KEY))
+        found = resolve(unit) if unit else None
+        return found[0] if found else None
 
     def run_of(trial: optuna.trial.FrozenTrial) -> Path | None:
         return locate(units.get(trial.user_attrs.get(KEY)))
@@ -127,7 +142,19 @@ def work(spec: WorkerSpec) -> Work:
         unit = units.get(trial.user_attrs.get(KEY))
         return unit is not None and selection.picks(unit)
 
-    return Work(spec, execute, refill, optuna_study, storage, accept=free, first=started, wanted=wanted)
+    return Work(
+        spec,
+        execute,
+        refill,
+        optuna_study,
+        storage,
+        accept=free,
+        first=started,
+        wanted=wanted,
+        config_of=config_of,
+        plan=plan,
+        reporter=reporter,
+    )
 
 
 def is_finished(run_dir: Path | None) -> bool:

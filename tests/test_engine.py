@@ -729,6 +729,7 @@ def test_a_smoke_run_told_only_its_storage_keeps_its_runs_out_of_the_committed_r
         ["report", "glimpses", "run", "--out", "x.png", "--count", "0"],
         ["study", "run", "x.toml", "--heartbeat-s", "0"],
         ["study", "run", "x.toml", "--seed", "-1"],
+        ["study", "run", "x.toml", "--population", "0"],
         ["search", "x.toml", "--stale-after-s", "nan"],
     ],
 )

@@ -299,7 +299,7 @@ def test_a_search_with_populations_runs_each_draw_once_as_its_own_trial(mnist_di
     search_file.write_text(tiny_search_text(budget, pruner="median"))
     storage = f"journal:{tmp_path / 'search.journal'}"
     options = {"storage": storage, "runs_dir": tmp_path / "runs", "data_dir": mnist_dir, "progress": False}
-    run_search(search_file, population=3, workers=1, **options)  # a population of 3, then one of 1
+    run_search(search_file, population=3, workers=1, **options)  # a population of 3, then one alone
     trials = optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()
     assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     drawn = draws(load_search(search_file))
@@ -310,8 +310,9 @@ def test_a_search_with_populations_runs_each_draw_once_as_its_own_trial(mnist_di
         if trial.state == TrialState.COMPLETE:
             assert read_json(run_dir / RESULT)["validation_error_pct"] == trial.value
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    sizes = {read_json(Path(t.user_attrs["run_dir"]) / RESULT)["population_size"] for t in complete}
-    assert sizes <= {1, 2, 3} and complete
+    # the last draw, left without partners, trains alone by ``fit``, whose result has no population size
+    sizes = {read_json(Path(t.user_attrs["run_dir"]) / RESULT).get("population_size") for t in complete}
+    assert sizes <= {None, 2, 3} and complete
     run_search(search_file, population=3, workers=1, **options)
     assert len(optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()) == 4
     with pytest.raises(AttentionError, match="population"):
@@ -359,3 +360,43 @@ def test_the_population_sweep_times_each_size_and_stops_where_the_memory_ends(mo
     rows = saturation(small, device="cpu", sizes=(1, 2, 4, 8), seconds=0.0)
     assert [row["population"] for row in rows] == [1, 2, 4] and rows[-1]["out_of_memory"]
     assert "out of the device's memory" in format_saturation(rows)[-1]
+
+
+def test_a_study_trains_the_seeds_of_a_row_as_one_population_and_a_baseline_alone(mnist_dir, tmp_path):
+    """``study run --population K``: each stage's seeds of a RAM row are one population (the second stage
+    too, each seed from its own first stage's weights), ending where each seed would alone; the FC row,
+    which cannot be stacked, trains alone."""
+    from attention.study import Unit, load_study, unit_config, unit_run
+    from attention.study_run import run_study
+
+    (tmp_path / "recipes").mkdir()
+    model = "\n".join(f"{key.split('.')[-1]} = {value}" for key, value in TINY.items() if "glimpse." in key)
+    (tmp_path / "recipes" / "tiny.toml").write_text(
+        f'[data]\ntask = "mnist"\n[model]\nnum_glimpses = 2\n[model.glimpse]\n{model}\n'
+        f"[model.core]\nhidden_size = {TINY['model.core.hidden_size']}\n"
+    )
+    budget = ", ".join(f'"{key}" = {value}' for key, value in TINY.items() if key.split(".")[0] != "model")
+    study_file = tmp_path / "seeds.toml"
+    study_file.write_text(
+        f'title = "seeds"\nrecipe = "recipes/tiny.toml"\nseeds = [0, 1, 2]\nbudget = {{ {budget} }}\n'
+        '[evaluation]\ndraws = 1\n[[row]]\nlabel = "fc"\n'
+        'set = { "model.name" = "fc", "model.fc_hidden" = [16] }\n'
+        '[[row]]\nlabel = "ram"\n[[row.stage]]\nset = { "train.learning_rate" = 1e-4 }\n'
+    )
+    runs = tmp_path / "runs"
+    options = {"storage": f"journal:{tmp_path / 'seeds.journal'}", "runs_dir": runs, "progress": False}
+    [summary] = run_study(study_file, population=3, workers=1, data_dir=mnist_dir, **options)
+    assert summary["finished"] == summary["units"] == 9
+    study = load_study(study_file)
+    fc, ram = study.rows
+    for seed in (0, 1, 2):
+        assert "population_size" not in read_json(unit_run(Unit(fc, seed, 0), runs) / RESULT)  # alone
+        for stage in (0, 1):
+            assert read_json(unit_run(Unit(ram, seed, stage), runs) / RESULT)["population_size"] == 3
+    second = unit_run(Unit(ram, 1, 1), runs)
+    alone = fit(
+        unit_config(Unit(ram, 1, 1), runs), run_dir=tmp_path / "alone", data_dir=mnist_dir, progress=False
+    )
+    assert alone["init_from_sha256"] == read_json(second / RESULT)["init_from_sha256"]  # seed 1's own stage 1
+    for name, value in safe_load(tmp_path / "alone" / WEIGHTS).items():
+        torch.testing.assert_close(safe_load(second / WEIGHTS)[name], value, **TOLERANCE)

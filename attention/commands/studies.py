@@ -27,6 +27,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "smoke": args.smoke,
         "progress": not args.no_progress,
+        "population": args.population,
     }
     # the fault timings' defaults are the engine's (attention/engine.py), given only when set
     for timing in ("heartbeat_s", "stale_after_s"):
@@ -121,7 +122,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         raise AttentionError("use 'attention search FILE [options]' or 'attention search report FILE'")
     from attention.search import run_search
 
-    summary = run_search(words[0], trials=args.trials, population=args.population, **engine_options(args))
+    summary = run_search(words[0], trials=args.trials, **engine_options(args))
     counts = ", ".join(f"{v} {k}" for k, v in summary.items() if k != "storage")
     print(f"search {words[0]}: {counts} (storage {summary['storage']})")
 
@@ -146,6 +147,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--smoke", action="store_true", help="a tiny version in a temporary folder, in seconds"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--population",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="train up to K trials together as one model per worker: a search's draws, a study's seeds "
+        "of one row and stage (default 1: one trial at a time; worth it on a GPU, docs/performance.md)",
+    )
     parser.add_argument(
         "--heartbeat-s", type=positive_float, help="seconds between a trial's heartbeats (default 30)"
     )
@@ -230,11 +239,5 @@ def _register_search(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--trials", type=positive_int, help="cap on the trials (default: the file's count)")
     search.add_argument("--out-dir", help="search report: where to write (default: results/studies/<name>)")
     search.add_argument("--recipe-out", help="search report: write the best recipe here too")
-    search.add_argument(
-        "--population",
-        type=positive_int,
-        default=1,
-        help="train up to K trials together as one model per worker (default 1: one trial at a time)",
-    )
     add_engine_options(search)
     search.set_defaults(func=cmd_search)

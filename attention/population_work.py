@@ -1,96 +1,98 @@
-"""A search worker that trains populations: ``attention search FILE --population K``.
+"""A worker that trains populations: ``attention search FILE --population K`` and ``attention study run
+FILE --population K``.
 
 It claims up to K waiting trials that can train together (they differ only in the fields a population
-allows per trial, attention/population_trials.py) and trains them with :func:`fit_population`. Each trial
-stays an Optuna trial of its own: its own heartbeat, its own run directory (recorded as ``run_dir``), its
-validation error reported to the pruner after each of its epochs, and its own ending (a value, pruned,
-failed with an error) recorded as soon as it ends, while the others go on. Everything else is the engine's
-(attention/engine.py): the queue, stale trials and their retries from a checkpoint (``fit``'s format, so a
-retry may run alone or in another population), Ctrl-C.
+allows per trial, attention/population_trials.py: a search's draws of the learning rate and std, a study's
+seeds of one row and stage) and trains them with :func:`fit_population`. A trial that cannot train in a
+population (a baseline, another optimizer, a compiled model), or that finds no partner, trains alone as
+any worker's would. Each trial stays an Optuna trial of its own: its own heartbeat, its own run directory
+(recorded as ``run_dir``), its epochs reported as its work says (a search's pruner), and its own ending (a
+value, pruned, failed with an error) recorded as soon as it ends, while the others go on. Everything else
+is the engine's (attention/engine.py): the queue, stale trials and their retries from a checkpoint
+(``fit``'s format, so a retry may run alone or in another population), Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from attention import AttentionError
-from attention.build import resolve_config
+from attention.config import config_hash
 from attention.engine import (
     ENDED,
     ERROR,
     KEY,
     Abandoned,
-    WorkerSpec,
+    Work,
     claim,
     heartbeat,
     next_trial,
+    run_trial,
 )
 from attention.population_train import Outcome, fit_population
-from attention.population_trials import population_mismatch
+from attention.population_trials import population_mismatch, population_refusal
+from attention.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
 
-def population_worker(spec: WorkerSpec) -> int:
+def population_worker(works: list[Work]) -> int:
     """Claim and train populations until no trial waits and none runs elsewhere (as
-    :func:`attention.engine.worker`); returns how many trials this worker ran."""
-    from attention.search import draws, load_search, work
-
-    if spec.kind != "search":
-        raise AttentionError("--population trains the trials of a search; a study runs its units one by one")
-    searching = work(spec)
-    study, storage = searching.study, searching.storage
-    search = load_search(spec.file, smoke=spec.smoke)
-    if spec.trials is not None:
-        search = dataclasses.replace(search, trials=spec.trials)
-    drawn = draws(search)
-
-    def config_of(trial: optuna.trial.FrozenTrial) -> Any:
-        draw = trial.user_attrs.get("draw")
-        if not isinstance(draw, int) or not 0 <= draw < len(drawn):
-            return None
-        return resolve_config(search.config(drawn[draw]))
-
+    :func:`attention.engine.worker`, the files in order); returns how many trials this worker ran."""
     ran = 0
-    while (found := next_trial([searching])) is not None:
-        first = found[1]
-        claimed = [first]
-        base = config_of(storage.get_trial(first._trial_id))
-        if base is not None:
-            while len(claimed) < spec.population:
-                more = claim(
-                    study,
-                    storage,
-                    accept=lambda t, base=base: (
-                        (c := config_of(t)) is not None and population_mismatch(base, c) is None
-                    ),
-                )
-                if more is None:
-                    break
-                claimed.append(more)
-        run_population(study, storage, claimed, search, spec)
+    while (found := next_trial(works)) is not None:
+        work, first = found
+        claimed = [first] + partners(work, first)
+        if len(claimed) == 1:  # nothing to train it with: alone, exactly as without --population
+            run_trial(work.study, work.storage, first, work.execute, work.spec.heartbeat_s)
+        else:
+            run_population(work, claimed)
         ran += len(claimed)
     return ran
 
 
-def run_population(
-    study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
-    claimed: list[optuna.Trial],
-    search: Any,
-    spec: WorkerSpec,
-) -> None:
-    """Train the claimed trials as one population and record how each ended, as it ends."""
-    from attention.search import report_epoch, trial_run
+def partners(work: Work, first: optuna.Trial) -> list[optuna.Trial]:
+    """Up to ``population - 1`` more waiting trials of ``work`` that can train with ``first`` (claimed)."""
+    config_of = work.config_of
+    assert config_of is not None, "a work that trains populations says each trial's config"
+    base = config_of(work.storage.get_trial(first._trial_id))
+    if base is None or population_refusal(base) is not None:
+        return []
 
-    runs = [trial_run(search, trial, Path(spec.runs_dir)) for trial in claimed]
+    # two items with one config (a search's repeated categorical draw) share a run directory: never train
+    # it twice in one population, where the second would wait forever for the first's hold on it
+    runs = {config_hash(base)}
+
+    def fits(trial: optuna.trial.FrozenTrial) -> bool:
+        config = config_of(trial) if work.claimable(trial) else None
+        return (
+            config is not None
+            and population_mismatch(base, config) is None
+            and config_hash(config) not in runs
+        )
+
+    more: list[optuna.Trial] = []
+    while len(more) < work.spec.population - 1:
+        trial = claim(work.study, work.storage, fits, work.first)
+        if trial is None:
+            break
+        more.append(trial)
+        config = config_of(work.storage.get_trial(trial._trial_id))
+        assert config is not None  # ``fits`` took it
+        runs.add(config_hash(config))
+    return more
+
+
+def run_population(work: Work, claimed: list[optuna.Trial]) -> None:
+    """Train the claimed trials as one population and record how each ended, as it ends."""
+    assert work.plan is not None and work.reporter is not None
+    study, storage, spec = work.study, work.storage, work.spec
+    runs = [work.plan(trial) for trial in claimed]
+    reporters = [work.reporter(trial, config) for trial, (config, _) in zip(claimed, runs, strict=True)]
     log.warning("population of %d: trials %s", len(claimed), [t.number for t in claimed])
     ended: set[int] = set()
 
@@ -109,7 +111,7 @@ def run_population(
                 device=spec.device,
                 resume=True,
                 progress=spec.progress,
-                on_epoch=lambda k, row, final: report_epoch(claimed[k], row, final=final),
+                on_epoch=lambda k, row, final: reporters[k](row, final),
                 on_end=on_end,
             )
         except KeyboardInterrupt:
@@ -151,6 +153,6 @@ def record(
             log.error("trial %d (%s) failed: %s", trial.number, key, outcome)
     else:
         try:
-            study.tell(trial, float(outcome["validation_error_pct"]))
+            study.tell(trial, TASKS.get(outcome["data"]["task"]).result_selection(outcome))
         except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError) as error:
             log.warning("trial %d (%s) finished after it was failed as stale (%s)", trial.number, key, error)
