@@ -169,6 +169,9 @@ def test_trials_that_differ_in_more_than_the_per_trial_fields_are_refused_in_one
     assert "\n" not in str(error.value) and "model.num_glimpses" in str(error.value)
     with pytest.raises(AttentionError, match="Adam"):
         check_population([tiny(0, 1e-3, 0.1, **{"train.optimizer": "sgd"})])
+    game = {"data.task": "catch", "model.core.name": "lstm"}
+    with pytest.raises(AttentionError, match="image classification tasks, not 'catch'"):
+        check_population([tiny(0, 1e-3, 0.1, **game)])
     with pytest.raises(AttentionError, match=r"\(K=2"):
         _, population = models_and_population([tiny(0, 1e-3, 0.1), tiny(1, 1e-3, 0.1)])
         population.unroll(torch.zeros(3, 2, 1, 28, 28), generators=[None, None])
