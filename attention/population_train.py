@@ -44,7 +44,7 @@ from attention.population_trials import (
 from attention.run_records import record_validation
 from attention.runs import git_revision, write_metrics
 from attention.tasks.classify import ClassifyTask
-from attention.train import divergence_message, lr_factor, seeded_generator
+from attention.train import divergence_message, finish_run, lr_factor, seeded_generator
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,10 @@ def fit_population(
                 continue
             if isinstance(trial, dict):  # finished before: its result
                 end(k, trial)
+            elif trial.state["stopped"] is not None or trial.state["epoch"] >= config.train.epochs:
+                # stopped after its last epoch's checkpoint, before its result: finished as fit finishes
+                # it (no epoch more); where its epochs ran, alone or stacked, is not known here
+                end(k, finish_run(trial.run))
             else:
                 trials.append(trial)
         if trials:

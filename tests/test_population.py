@@ -236,6 +236,26 @@ def test_a_run_stopped_alone_continues_in_a_population_to_the_same_end(mnist_dir
     assert len((run_dirs[1] / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_run_stopped_before_its_result_is_finished_without_another_epoch(mnist_dir, tmp_path, alone_runs):
+    """Killed after its last epoch's checkpoint but before result.json (a study's Ctrl-C in the final
+    evaluation): in a population, as alone, it is finished from that checkpoint, not trained again."""
+    import shutil
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(alone_runs[0], stopped)
+    (stopped / RESULT).unlink()
+    (stopped / WEIGHTS).unlink()
+    configs = [tiny(*trial) for trial in TRIALS[:2]]
+    outcomes = fit_population(
+        configs, run_dirs=[stopped, tmp_path / "fresh"], data_dir=mnist_dir, progress=False, resume=True
+    )
+    result, alone = outcomes[0], read_json(alone_runs[0] / RESULT)
+    assert isinstance(result, dict) and result["epochs_run"] == alone["epochs_run"] == 2
+    assert result["test_error_pct"] == alone["test_error_pct"] and (stopped / WEIGHTS).is_file()
+    assert len(read_metrics(stopped)) == 2  # no third epoch
+    assert isinstance(outcomes[1], dict) and outcomes[1]["epochs_run"] == 2  # its partner trained alone
+
+
 def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir, tmp_path, alone_runs):
     # trial 1 diverges (a learning rate no model survives), trial 2's callback stops it after epoch 1 as a
     # pruner would; trial 0 must still end exactly where it ends alone
