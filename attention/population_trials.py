@@ -55,6 +55,10 @@ def population_refusal(config: Config) -> str | None:
         return f"a population trains with Adam; train.optimizer is '{config.train.optimizer}'"
     if config.train.compile:
         return "a population runs eagerly: set train.compile=false"
+    if config.train.time_budget_s is not None:
+        # each trial would be charged the wall time of the shared epochs, so a trial stacked with others
+        # would stop after fewer epochs than alone (on a CPU about 1/K of them)
+        return "a population trains no run with a wall-clock budget: set train.time_budget_s=none"
     return None
 
 

@@ -169,6 +169,8 @@ def test_trials_that_differ_in_more_than_the_per_trial_fields_are_refused_in_one
     assert "\n" not in str(error.value) and "model.num_glimpses" in str(error.value)
     with pytest.raises(AttentionError, match="Adam"):
         check_population([tiny(0, 1e-3, 0.1, **{"train.optimizer": "sgd"})])
+    with pytest.raises(AttentionError, match="wall-clock budget"):
+        check_population([tiny(0, 1e-3, 0.1, **{"train.time_budget_s": 600})])
     game = {"data.task": "catch", "model.core.name": "lstm"}
     with pytest.raises(AttentionError, match="image classification tasks, not 'catch'"):
         check_population([tiny(0, 1e-3, 0.1, **game)])
