@@ -298,6 +298,10 @@ class Work:
     reporter: Callable[[optuna.Trial, Config], OnEpoch] | None = None
     """What a claimed trial's epochs are reported to (a search's pruner; for both, the check that it was
     not failed as stale meanwhile)."""
+    wait_if_busy: bool = False
+    """Whether a claimed trial whose run another process trains waits for it (a search: the retry of a
+    trial wrongly thought stale, whose first worker stops after its epoch) or is handed back (a study: a
+    unit another study shares, trained there; its worker trains something else meanwhile)."""
 
     def claimable(self, trial: optuna.trial.FrozenTrial) -> bool:
         return (self.wanted is None or self.wanted(trial)) and (self.accept is None or self.accept(trial))

@@ -83,6 +83,7 @@ def fit_population(
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, Any], bool], None] | None = None,
     on_end: Callable[[int, Outcome], None] | None = None,
+    wait_if_busy: bool = False,
 ) -> list[Outcome]:
     """Train ``configs`` as one population; returns each trial's outcome (its result, or the exception
     that ended it), in order, and calls ``on_end(k, outcome)`` as soon as trial k ends.
@@ -92,7 +93,8 @@ def fit_population(
     written; an exception it raises ends trial k only, leaving its run resumable. A trial whose loss or
     gradient norm becomes non-finite ends with the :class:`AttentionError` ``fit`` would raise. A trial
     whose run is finished returns its result without training; an unfinished one continues from its
-    checkpoint (``resume``).
+    checkpoint (``resume``). A trial whose run another process trains ends with
+    :class:`attention.runs.RunBusy`, or with ``wait_if_busy`` is waited for (as ``fit``'s option).
     """
     configs = [resolve_config(c) for c in configs]
     check_population(configs)
@@ -126,7 +128,15 @@ def fit_population(
                 if directories[k].resolve() in {d.resolve() for d in directories[:k]}:
                     raise AttentionError(f"{directories[k]} is the run of two trials of this population")
                 trial = open_trial(
-                    k, config, directories[k], mnist, device_, revision=revision, resume=resume, hold=locks[k]
+                    k,
+                    config,
+                    directories[k],
+                    mnist,
+                    device_,
+                    revision=revision,
+                    resume=resume,
+                    hold=locks[k],
+                    wait_if_busy=wait_if_busy,
                 )
             except AttentionError as error:
                 end(k, error)

@@ -129,11 +129,15 @@ def open_trial(
     revision: str | None,
     resume: bool,
     hold: contextlib.ExitStack,
+    wait_if_busy: bool,
 ) -> Trial | dict[str, Any]:
     """``fit``'s prologue for one trial: its finished result, or its trial (its run directory then held in
-    ``hold``; another process training it is waited for, as a study's worker waits)."""
+    ``hold``). Another process training it is waited for with ``wait_if_busy``, else refused
+    (:class:`attention.runs.RunBusy`)."""
     task = ClassifyTask(config, data_dir=None, device=device, mnist=mnist)
-    run = open_run(config, run_dir, task, device, revision=revision, resume=resume, wait=True, hold=hold)
+    run = open_run(
+        config, run_dir, task, device, revision=revision, resume=resume, wait=wait_if_busy, hold=hold
+    )
     if isinstance(run, dict):
         return run
     trial = Trial(index=k, run=run)

@@ -35,6 +35,7 @@ from attention.engine import (
 )
 from attention.population_train import Outcome, fit_population
 from attention.population_trials import population_mismatch, population_refusal
+from attention.runs import RunBusy
 from attention.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,12 @@ def population_worker(works: list[Work]) -> int:
     ran = 0
     while (found := next_trial(works)) is not None:
         work, first = found
-        claimed = [first] + partners(work, first)
+        claimed = [first]
+        try:
+            add_partners(work, claimed)
+        except KeyboardInterrupt:  # while claiming: what it took is retried by the next start
+            interrupted(work.storage, claimed)
+            raise
         if len(claimed) == 1:  # nothing to train it with: alone, exactly as without --population
             run_trial(work.study, work.storage, first, work.execute, work.spec.heartbeat_s)
         else:
@@ -55,13 +61,14 @@ def population_worker(works: list[Work]) -> int:
     return ran
 
 
-def partners(work: Work, first: optuna.Trial) -> list[optuna.Trial]:
-    """Up to ``population - 1`` more waiting trials of ``work`` that can train with ``first`` (claimed)."""
+def add_partners(work: Work, claimed: list[optuna.Trial]) -> None:
+    """Claim up to ``population - 1`` more waiting trials of ``work`` that can train with ``claimed[0]``,
+    each put in ``claimed`` as soon as it is taken (so an interruption leaves none unaccounted for)."""
     config_of = work.config_of
     assert config_of is not None, "a work that trains populations says each trial's config"
-    base = config_of(work.storage.get_trial(first._trial_id))
+    base = config_of(work.storage.get_trial(claimed[0]._trial_id))
     if base is None or population_refusal(base) is not None:
-        return []
+        return
 
     # two items with one config (a search's repeated categorical draw) share a run directory: never train
     # it twice in one population, where the second would wait forever for the first's hold on it
@@ -75,24 +82,21 @@ def partners(work: Work, first: optuna.Trial) -> list[optuna.Trial]:
             and config_hash(config) not in runs
         )
 
-    more: list[optuna.Trial] = []
-    while len(more) < work.spec.population - 1:
+    while len(claimed) < work.spec.population:
         trial = claim(work.study, work.storage, fits, work.first)
         if trial is None:
             break
-        more.append(trial)
+        claimed.append(trial)
         config = config_of(work.storage.get_trial(trial._trial_id))
         assert config is not None  # ``fits`` took it
         runs.add(config_hash(config))
-    return more
 
 
 def run_population(work: Work, claimed: list[optuna.Trial]) -> None:
     """Train the claimed trials as one population and record how each ended, as it ends."""
     assert work.plan is not None and work.reporter is not None
+    plan, reporter = work.plan, work.reporter
     study, storage, spec = work.study, work.storage, work.spec
-    runs = [work.plan(trial) for trial in claimed]
-    reporters = [work.reporter(trial, config) for trial, (config, _) in zip(claimed, runs, strict=True)]
     log.warning("population of %d: trials %s", len(claimed), [t.number for t in claimed])
     ended: set[int] = set()
 
@@ -104,6 +108,8 @@ def run_population(work: Work, claimed: list[optuna.Trial]) -> None:
         for trial in claimed:
             beats.enter_context(heartbeat(storage, trial._trial_id, spec.heartbeat_s))
         try:
+            runs = [plan(trial) for trial in claimed]
+            reporters = [reporter(trial, config) for trial, (config, _) in zip(claimed, runs, strict=True)]
             fit_population(
                 [config for config, _ in runs],
                 run_dirs=[run_dir for _, run_dir in runs],
@@ -113,18 +119,23 @@ def run_population(work: Work, claimed: list[optuna.Trial]) -> None:
                 progress=spec.progress,
                 on_epoch=lambda k, row, final: reporters[k](row, final),
                 on_end=on_end,
+                wait_if_busy=work.wait_if_busy,
             )
         except KeyboardInterrupt:
-            for k, trial in enumerate(claimed):
-                if k not in ended:
-                    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                        storage.set_trial_user_attr(trial._trial_id, ENDED, "interrupted")
-                        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            interrupted(storage, [trial for k, trial in enumerate(claimed) if k not in ended])
             raise
         except AttentionError as error:  # the population as a whole was refused: each trial fails with why
             for k, trial in enumerate(claimed):
                 if k not in ended:
                     record(study, storage, trial, error)
+
+
+def interrupted(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) -> None:
+    """Fail claimed trials as interrupted (Ctrl-C), so the next start retries them from their checkpoints."""
+    for trial in trials:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial._trial_id, ENDED, "interrupted")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
 def record(
@@ -137,6 +148,11 @@ def record(
         log.info("trial %d (%s) pruned", trial.number, key)
     elif isinstance(outcome, Abandoned):
         log.warning("trial %d (%s) abandoned: %s", trial.number, key, outcome)
+    elif isinstance(outcome, RunBusy):  # as engine.run_trial's HandBack: retried when its run is free
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_user_attr(trial._trial_id, ENDED, "handed back")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        log.warning("trial %d (%s) handed back: %s", trial.number, key, outcome)
     elif isinstance(outcome, BaseException):
         # an AttentionError (a diverged loss) is kept, retried only by a later command; anything else is
         # unexpected, and the trial is failed without an error so that the engine retries it from its

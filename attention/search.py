@@ -224,6 +224,9 @@ def work(spec: WorkerSpec) -> Work:
         )
 
     drawn = draws(search)
+    # a trial's run is busy only when its retry was started while it was wrongly thought stale: its first
+    # worker stops after its next epoch (check_still_running), so wait rather than hand it back
+    wait_if_busy = True
 
     def refill() -> None:
         enqueue(study, items(search), errors_since=spec.started)
@@ -241,8 +244,7 @@ def work(spec: WorkerSpec) -> Work:
 
     def execute(trial: optuna.Trial) -> float:
         config, run_dir = plan(trial)
-        # wait_if_busy: a retry of a trial wrongly thought stale; its first worker stops after its next epoch
-        result = spec.train(config, run_dir, reporter(trial, config), wait_if_busy=True)
+        result = spec.train(config, run_dir, reporter(trial, config), wait_if_busy=wait_if_busy)
         return TASKS.get(config.data.task).result_selection(result)
 
     def config_of(trial: optuna.trial.FrozenTrial) -> Config | None:
@@ -253,7 +255,17 @@ def work(spec: WorkerSpec) -> Work:
             return None
         return resolve_config(search.config(drawn[draw]))
 
-    return Work(spec, execute, refill, study, storage, config_of=config_of, plan=plan, reporter=reporter)
+    return Work(
+        spec,
+        execute,
+        refill,
+        study,
+        storage,
+        config_of=config_of,
+        plan=plan,
+        reporter=reporter,
+        wait_if_busy=wait_if_busy,
+    )
 
 
 def report_epoch(

@@ -689,7 +689,8 @@ def test_a_gpu_run_asks_for_deterministic_kernels(monkeypatch):
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.utils.deterministic.fill_uninitialized_memory,
     )
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded first, so teardown restores the original
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     torch.backends.cudnn.benchmark = True
     try:
         use_deterministic_cuda()

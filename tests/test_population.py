@@ -258,6 +258,21 @@ def test_a_run_stopped_before_its_result_is_finished_without_another_epoch(mnist
     assert isinstance(outcomes[1], dict) and outcomes[1]["epochs_run"] == 2  # its partner trained alone
 
 
+def test_a_trial_whose_run_another_process_trains_is_handed_back_and_the_others_train(mnist_dir, tmp_path):
+    """A study's unit that another study shares: refused at once (RunBusy), as ``fit`` refuses it, rather
+    than waited for while the population holds its other runs."""
+    from attention.runs import RunBusy, holding_run
+
+    run_dirs = [tmp_path / "busy", tmp_path / "free"]
+    run_dirs[0].mkdir()
+    with holding_run(run_dirs[0]):  # "another process" (a lock is per open file, so this one counts)
+        outcomes = fit_population(
+            [tiny(*trial) for trial in TRIALS[:2]], run_dirs=run_dirs, data_dir=mnist_dir, progress=False
+        )
+    assert isinstance(outcomes[0], RunBusy) and not (run_dirs[0] / CHECKPOINT).exists()
+    assert isinstance(outcomes[1], dict) and outcomes[1]["epochs_run"] == 2
+
+
 def test_a_diverged_trial_fails_alone_and_a_pruned_one_stays_resumable(mnist_dir, tmp_path, alone_runs):
     # trial 1 diverges (a learning rate no model survives), trial 2's callback stops it after epoch 1 as a
     # pruner would; trial 0 must still end exactly where it ends alone
@@ -337,7 +352,9 @@ def test_a_search_with_populations_runs_each_draw_once_as_its_own_trial(mnist_di
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     # the last draw, left without partners, trains alone by ``fit``, whose result has no population size
     sizes = {read_json(Path(t.user_attrs["run_dir"]) / RESULT).get("population_size") for t in complete}
-    assert sizes <= {None, 2, 3} and complete
+    # the first three train together and cannot be pruned (startup_trials = 1: none had finished when they
+    # reported, and no trial is pruned at its last epoch)
+    assert 3 in sizes and sizes <= {None, 3}
     run_search(search_file, population=3, workers=1, **options)
     assert len(optuna.load_study(study_name="tiny-search", storage=open_storage(storage)).get_trials()) == 4
     with pytest.raises(AttentionError, match="population"):
@@ -425,3 +442,23 @@ def test_a_study_trains_the_seeds_of_a_row_as_one_population_and_a_baseline_alon
     assert alone["init_from_sha256"] == read_json(second / RESULT)["init_from_sha256"]  # seed 1's own stage 1
     for name, value in safe_load(tmp_path / "alone" / WEIGHTS).items():
         torch.testing.assert_close(safe_load(second / WEIGHTS)[name], value, **TOLERANCE)
+
+
+def test_a_population_trial_handed_back_is_failed_for_a_retry_not_as_an_error():
+    """record(): a busy run ends its trial as engine.run_trial's HandBack does (retried once its run is
+    free); a diverged loss is an error, kept until a later command."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from attention.engine import ENDED, ERROR
+    from attention.population_work import record
+    from attention.runs import RunBusy
+
+    study = optuna.create_study()
+    busy, diverged = study.ask(), study.ask()
+    record(study, study._storage, busy, RunBusy("another process is training it"))
+    record(study, study._storage, diverged, AttentionError("loss is nan"))
+    busy_frozen, diverged_frozen = study.get_trials()
+    assert busy_frozen.state == diverged_frozen.state == TrialState.FAIL
+    assert busy_frozen.user_attrs == {ENDED: "handed back"}
+    assert diverged_frozen.user_attrs == {ERROR: "loss is nan"}
