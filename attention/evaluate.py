@@ -13,11 +13,19 @@ import torch
 
 from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config
-from attention.runs import WEIGHTS, load_run_config, load_weights_into, safe_load
+from attention.runs import RESULT, WEIGHTS, load_run_config, load_weights_into, read_json, safe_load
 from attention.tasks import TASKS
 from attention.tasks.classify import SAMPLING_SEED_OFFSET, error_pct, evaluate_model
 
-__all__ = ["SAMPLING_SEED_OFFSET", "error_pct", "evaluate_model", "evaluate_run", "load_trained"]
+__all__ = [
+    "SAMPLING_SEED_OFFSET",
+    "check_run",
+    "error_pct",
+    "evaluate_model",
+    "evaluate_run",
+    "load_trained",
+    "recorded_differences",
+]
 
 
 def load_trained(run_dir: str | Path, device: torch.device) -> tuple[torch.nn.Module, Config]:
@@ -48,3 +56,39 @@ def evaluate_run(
     model, config = load_trained(run_dir, device_)
     task = TASKS.get(config.data.task)(config, data_dir=data_dir, device=device_)
     return task.evaluate(model, test_seed=test_seed)
+
+
+def recorded_differences(evaluation: dict[str, Any], recorded: dict[str, Any]) -> dict[str, list[Any]]:
+    """The numbers of a fresh ``evaluation`` that differ from those a run's ``result.json`` recorded:
+    ``{key: [now, recorded]}`` over the evaluation's numeric fields (test errors, catch rates and their
+    intervals, the number of test images). Its words (``protocol``) may be reworded between versions, so
+    they are not compared."""
+    differences = {}
+    for key, value in evaluation.items():
+        numeric = isinstance(value, int | float) or (
+            isinstance(value, list) and all(isinstance(v, int | float) for v in value)
+        )
+        if numeric and not isinstance(value, bool) and key in recorded and recorded[key] != value:
+            differences[key] = [value, recorded[key]]
+    return differences
+
+
+def check_run(
+    run_dir: str | Path, *, data_dir: str | Path | None = None, device: str | None = None
+) -> dict[str, Any]:
+    """Re-derive a finished run's test numbers from its weights and compare them with its ``result.json``:
+    ``state`` is ``same``, ``differs`` (with ``differences``, see :func:`recorded_differences`) or
+    ``unfinished`` (no result yet: nothing to compare)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULT).is_file():
+        return {"run": str(run_dir), "state": "unfinished"}
+    recorded = read_json(run_dir / RESULT)
+    evaluation = evaluate_run(run_dir, data_dir=data_dir, device=device)
+    differences = recorded_differences(evaluation, recorded)
+    return {
+        "run": str(run_dir),
+        "state": "differs" if differences else "same",
+        "differences": differences,
+        "evaluation": evaluation,
+        "trained_with": {key: recorded.get(key) for key in ("git_revision", "torch_version", "device")},
+    }

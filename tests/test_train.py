@@ -178,6 +178,43 @@ def test_cli_train_then_eval_json(mnist_dir, tmp_path):
     assert json.loads(other.stdout)["protocol"]["test_seed"] == 5
 
 
+def test_eval_check_says_which_runs_re_derive_their_recorded_numbers(mnist_dir, tmp_path):
+    """``attention eval RUN... --check``: a line per run (same, differs with the numbers, unfinished), the
+    machine it checked on, and a non-zero exit with one line when any run differs."""
+    import shutil
+
+    overrides = {"data.train_limit": 256, "data.eval_limit": 500, "train.epochs": 1, "model.num_glimpses": 2}
+    same = tmp_path / "same"
+    fit(with_overrides(Config(), overrides), run_dir=same, data_dir=mnist_dir, progress=False)
+    tampered, unfinished = tmp_path / "tampered", tmp_path / "unfinished"
+    shutil.copytree(same, tampered)
+    recorded = json.loads((tampered / RESULT).read_text())
+    recorded["test_error_sampled_pct"] += 1.0
+    (tampered / RESULT).write_text(json.dumps(recorded))
+    unfinished.mkdir()
+    command = [sys.executable, "-m", "attention.cli", "eval", "--data-dir", str(mnist_dir), "--device", "cpu"]
+    done = subprocess.run(
+        [*command, str(same), str(tampered), str(unfinished), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"{same}: same"
+    assert lines[1].startswith(f"{tampered}: differs: test_error_sampled_pct ")
+    assert f"(recorded {recorded['test_error_sampled_pct']})" in lines[1] and "test_error_pct" not in lines[1]
+    assert lines[2] == f"{unfinished}: unfinished"
+    assert lines[3].startswith("1 same, 1 differ, 1 unfinished (skipped); checked with ")
+    assert done.stderr.strip().count("\n") == 0 and "1 run(s) re-evaluate to other numbers" in done.stderr
+    as_json = subprocess.run(
+        [*command, str(same), "--check", "--json"], capture_output=True, text=True, check=True
+    )
+    checked, summary = (json.loads(line) for line in as_json.stdout.splitlines())
+    assert checked["state"] == "same" and checked["differences"] == {} and summary["checked"]["same"] == 1
+    refused = subprocess.run(
+        [*command, str(same), "--check", "--test-seed", "3"], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "drop --test-seed" in refused.stderr
+
+
 def test_cli_refuses_bad_overrides_in_one_line(tmp_path):
     done = subprocess.run(
         [

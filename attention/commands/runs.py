@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from attention import AttentionError
 from attention.commands.options import add_data_dir, add_device, config_of, positive_int
 
 
@@ -65,14 +66,64 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from attention.evaluate import evaluate_run
+    from attention.tasks import TASKS
 
-    result = evaluate_run(args.run_dir, test_seed=args.test_seed, data_dir=args.data_dir, device=args.device)
+    if args.check:
+        _check_runs(args)
+        return
+    for run_dir in args.run_dirs:
+        result = evaluate_run(run_dir, test_seed=args.test_seed, data_dir=args.data_dir, device=args.device)
+        if args.json:
+            print(json.dumps(result, sort_keys=True), flush=True)
+        else:
+            prefix = f"{run_dir}: " if len(args.run_dirs) > 1 else ""
+            print(prefix + TASKS.get(result["task"]).summary(result), flush=True)
+
+
+def _check_runs(args: argparse.Namespace) -> None:
+    """``eval --check``: each run's test numbers re-derived and compared with its result.json, a line (or a
+    JSON object) per run as it is done, then what this machine is; non-zero exit if any differs."""
+    import torch
+
+    from attention.cpu import cpu_description
+    from attention.evaluate import check_run
+    from attention.runs import git_revision
+
+    if args.test_seed is not None:
+        raise AttentionError(
+            "--check compares with result.json, made on the run's own test seed: drop --test-seed"
+        )
+    states: dict[str, list[str]] = {"same": [], "differs": [], "unfinished": []}
+    for run_dir in args.run_dirs:
+        checked = check_run(run_dir, data_dir=args.data_dir, device=args.device)
+        states[checked["state"]].append(run_dir)
+        if args.json:
+            print(json.dumps(checked, sort_keys=True), flush=True)
+        else:
+            found = ", ".join(
+                f"{key} {now} (recorded {then})"
+                for key, (now, then) in checked.get("differences", {}).items()
+            )
+            print(f"{run_dir}: {checked['state']}" + (f": {found}" if found else ""), flush=True)
+    cpu = cpu_description()
+    machine = {"cpu": cpu["model_name"], "torch_version": torch.__version__, "git_revision": git_revision()}
     if args.json:
-        print(json.dumps(result, sort_keys=True))
+        print(
+            json.dumps(
+                {"checked": {k: len(v) for k, v in states.items()}, "machine": machine}, sort_keys=True
+            )
+        )
     else:
-        from attention.tasks import TASKS
-
-        print(TASKS.get(result["task"]).summary(result))
+        print(
+            f"{len(states['same'])} same, {len(states['differs'])} differ, {len(states['unfinished'])} "
+            f"unfinished (skipped); checked with {machine['cpu']}, torch {machine['torch_version']}, "
+            f"revision {machine['git_revision']}"
+        )
+    if states["differs"]:
+        raise AttentionError(
+            f"{len(states['differs'])} run(s) re-evaluate to other numbers than their result.json: "
+            f"{', '.join(states['differs'][:5])}"
+        )
 
 
 def cmd_report_glimpses(args: argparse.Namespace) -> None:
@@ -172,9 +223,15 @@ def _register_train_and_eval(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "eval", help="re-derive a run's test numbers (test errors, or catch rates) from its weights"
     )
-    evaluate.add_argument("run_dir")
+    evaluate.add_argument("run_dirs", nargs="+", metavar="run_dir")
     evaluate.add_argument("--test-seed", type=int, help="draw an independent test set with this seed")
-    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--check",
+        action="store_true",
+        help="compare each run's re-derived numbers with its result.json (a line per run; exits non-zero "
+        "if any differs; runs without a result are skipped)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object per run")
     add_data_dir(evaluate)
     add_device(evaluate)
     evaluate.set_defaults(func=cmd_eval)
