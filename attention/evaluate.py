@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from attention import AttentionError
 from attention.build import make_model, pick_device, resolve_config
 from attention.config import Config
 from attention.runs import RESULT, WEIGHTS, load_run_config, load_weights_into, read_json, safe_load
@@ -77,13 +78,19 @@ def check_run(
     run_dir: str | Path, *, data_dir: str | Path | None = None, device: str | None = None
 ) -> dict[str, Any]:
     """Re-derive a finished run's test numbers from its weights and compare them with its ``result.json``:
-    ``state`` is ``same``, ``differs`` (with ``differences``, see :func:`recorded_differences`) or
-    ``unfinished`` (no result yet: nothing to compare)."""
+    ``state`` is ``same``, ``differs`` (with ``differences``, see :func:`recorded_differences`),
+    ``unfinished`` (no result yet: nothing to compare), ``no weights`` (a run committed without its
+    ``model.pt``, such as a sweep's) or ``error`` (with ``error``: the weights do not fit, say)."""
     run_dir = Path(run_dir)
     if not (run_dir / RESULT).is_file():
         return {"run": str(run_dir), "state": "unfinished"}
+    if not (run_dir / WEIGHTS).is_file():
+        return {"run": str(run_dir), "state": "no weights"}
     recorded = read_json(run_dir / RESULT)
-    evaluation = evaluate_run(run_dir, data_dir=data_dir, device=device)
+    try:
+        evaluation = evaluate_run(run_dir, data_dir=data_dir, device=device)
+    except AttentionError as error:
+        return {"run": str(run_dir), "state": "error", "error": str(error)}
     differences = recorded_differences(evaluation, recorded)
     return {
         "run": str(run_dir),

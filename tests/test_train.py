@@ -192,9 +192,19 @@ def test_eval_check_says_which_runs_re_derive_their_recorded_numbers(mnist_dir, 
     recorded["test_error_sampled_pct"] += 1.0
     (tampered / RESULT).write_text(json.dumps(recorded))
     unfinished.mkdir()
+    weightless = tmp_path / "weightless"  # committed without its model.pt, as a sweep's runs are
+    shutil.copytree(same, weightless)
+    (weightless / WEIGHTS).unlink()
+    misfit = tmp_path / "misfit"  # weights of another shape than its config's model
+    shutil.copytree(same, misfit)
+    config = json.loads((misfit / CONFIG).read_text())
+    config["model"]["core"]["hidden_size"] = 32
+    (misfit / CONFIG).write_text(json.dumps(config))
     command = [sys.executable, "-m", "attention.cli", "eval", "--data-dir", str(mnist_dir), "--device", "cpu"]
     done = subprocess.run(
-        [*command, str(same), str(tampered), str(unfinished), "--check"], capture_output=True, text=True
+        [*command, str(same), str(tampered), str(unfinished), str(weightless), str(misfit), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode != 0
     lines = done.stdout.splitlines()
@@ -202,7 +212,12 @@ def test_eval_check_says_which_runs_re_derive_their_recorded_numbers(mnist_dir, 
     assert lines[1].startswith(f"{tampered}: differs: test_error_sampled_pct ")
     assert f"(recorded {recorded['test_error_sampled_pct']})" in lines[1] and "test_error_pct" not in lines[1]
     assert lines[2] == f"{unfinished}: unfinished"
-    assert lines[3].startswith("1 same, 1 differ, 1 unfinished (skipped); checked with ")
+    assert lines[3] == f"{weightless}: no weights"
+    assert lines[4].startswith(f"{misfit}: error: the weights in ") and "another version" in lines[4]
+    assert lines[5].startswith(
+        "1 same, 1 differ, 1 could not be evaluated, 1 without weights and 1 unfinished (skipped); "
+        "checked with "
+    )
     assert done.stderr.strip().count("\n") == 0 and "1 run(s) re-evaluate to other numbers" in done.stderr
     as_json = subprocess.run(
         [*command, str(same), "--check", "--json"], capture_output=True, text=True, check=True

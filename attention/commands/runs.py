@@ -93,14 +93,20 @@ def _check_runs(args: argparse.Namespace) -> None:
         raise AttentionError(
             "--check compares with result.json, made on the run's own test seed: drop --test-seed"
         )
-    states: dict[str, list[str]] = {"same": [], "differs": [], "unfinished": []}
+    states: dict[str, list[str]] = {
+        "same": [],
+        "differs": [],
+        "error": [],
+        "no weights": [],
+        "unfinished": [],
+    }
     for run_dir in args.run_dirs:
         checked = check_run(run_dir, data_dir=args.data_dir, device=args.device)
         states[checked["state"]].append(run_dir)
         if args.json:
             print(json.dumps(checked, sort_keys=True), flush=True)
         else:
-            found = ", ".join(
+            found = checked.get("error") or ", ".join(
                 f"{key} {now} (recorded {then})"
                 for key, (now, then) in checked.get("differences", {}).items()
             )
@@ -115,14 +121,16 @@ def _check_runs(args: argparse.Namespace) -> None:
         )
     else:
         print(
-            f"{len(states['same'])} same, {len(states['differs'])} differ, {len(states['unfinished'])} "
+            f"{len(states['same'])} same, {len(states['differs'])} differ, {len(states['error'])} could not "
+            f"be evaluated, {len(states['no weights'])} without weights and {len(states['unfinished'])} "
             f"unfinished (skipped); checked with {machine['cpu']}, torch {machine['torch_version']}, "
             f"revision {machine['git_revision']}"
         )
-    if states["differs"]:
+    failed = states["differs"] + states["error"]
+    if failed:
         raise AttentionError(
-            f"{len(states['differs'])} run(s) re-evaluate to other numbers than their result.json: "
-            f"{', '.join(states['differs'][:5])}"
+            f"{len(states['differs'])} run(s) re-evaluate to other numbers than their result.json and "
+            f"{len(states['error'])} could not be evaluated: {', '.join(failed[:5])}"
         )
 
 
