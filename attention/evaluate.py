@@ -97,5 +97,9 @@ def check_run(
         "state": "differs" if differences else "same",
         "differences": differences,
         "evaluation": evaluation,
-        "trained_with": {key: recorded.get(key) for key in ("git_revision", "torch_version", "device")},
+        "trained_with": {
+            **{key: recorded.get(key) for key in ("git_revision", "torch_version", "device")},
+            # the CPU whose kernels rounded its evaluation: another CPU may move one test image
+            "cpu": ((recorded.get("kernel") or {}).get("cpu") or {}).get("model_name"),
+        },
     }

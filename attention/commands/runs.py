@@ -110,6 +110,9 @@ def _check_runs(args: argparse.Namespace) -> None:
                 f"{key} {now} (recorded {then})"
                 for key, (now, then) in checked.get("differences", {}).items()
             )
+            if checked["state"] == "differs":
+                trained = checked["trained_with"]
+                found += f"; trained on {trained['device']} ({trained['cpu'] or 'CPU not recorded'})"
             print(f"{run_dir}: {checked['state']}" + (f": {found}" if found else ""), flush=True)
     cpu = cpu_description()
     machine = {"cpu": cpu["model_name"], "torch_version": torch.__version__, "git_revision": git_revision()}
