@@ -367,6 +367,14 @@ def next_trial(works: list[Work]) -> tuple[Work, optuna.Trial] | None:
         time.sleep(works[0].spec.poll_s)
 
 
+def fail_trial(storage: optuna.storages.BaseStorage, trial: optuna.Trial, attribute: str, why: str) -> None:
+    """Fail a claimed trial, saying why in a user attribute (:data:`ENDED`: retried; :data:`ERROR`: kept
+    until a later command), unless it ended meanwhile (reaped as stale, its retry may have finished)."""
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_user_attr(trial._trial_id, attribute, why)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
 def run_trial(
     study: optuna.Study,
     storage: optuna.storages.BaseStorage,
@@ -389,20 +397,14 @@ def run_trial(
         log.warning("trial %d (%s) abandoned: %s", trial.number, key, why)
         return
     except HandBack as why:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, ENDED, "handed back")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_trial(storage, trial, ENDED, "handed back")
         log.warning("trial %d (%s) handed back: %s", trial.number, key, why)
         return
     except KeyboardInterrupt:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, ENDED, "interrupted")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_trial(storage, trial, ENDED, "interrupted")
         raise
     except AttentionError as error:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, ERROR, str(error))
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_trial(storage, trial, ERROR, str(error))
         log.error("trial %d (%s) failed: %s", trial.number, key, error)
         return
     try:

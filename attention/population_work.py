@@ -29,6 +29,7 @@ from attention.engine import (
     Abandoned,
     Work,
     claim,
+    fail_trial,
     heartbeat,
     next_trial,
     run_trial,
@@ -133,9 +134,7 @@ def run_population(work: Work, claimed: list[optuna.Trial]) -> None:
 def interrupted(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) -> None:
     """Fail claimed trials as interrupted (Ctrl-C), so the next start retries them from their checkpoints."""
     for trial in trials:
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, ENDED, "interrupted")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_trial(storage, trial, ENDED, "interrupted")
 
 
 def record(
@@ -149,9 +148,7 @@ def record(
     elif isinstance(outcome, Abandoned):
         log.warning("trial %d (%s) abandoned: %s", trial.number, key, outcome)
     elif isinstance(outcome, RunBusy):  # as engine.run_trial's HandBack: retried when its run is free
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, ENDED, "handed back")
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_trial(storage, trial, ENDED, "handed back")
         log.warning("trial %d (%s) handed back: %s", trial.number, key, outcome)
     elif isinstance(outcome, BaseException):
         # an AttentionError (a diverged loss) is kept, retried only by a later command; anything else is
@@ -162,9 +159,7 @@ def record(
         )
         if attribute == ENDED:
             log.error("trial %d (%s) crashed: %r", trial.number, key, outcome)
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            storage.set_trial_user_attr(trial._trial_id, attribute, value)
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        fail_trial(storage, trial, attribute, value)
         if attribute == ERROR:
             log.error("trial %d (%s) failed: %s", trial.number, key, outcome)
     else:
