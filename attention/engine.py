@@ -275,12 +275,16 @@ class Work:
     """One study or search file's work, as a worker process holds it."""
 
     spec: WorkerSpec
-    execute: Callable[[optuna.Trial], float]
-    """Run a claimed trial; returns its value."""
     refill: Callable[[], None]
     """Enqueue what is pending (called under :func:`storage_lock`)."""
     study: optuna.Study
     storage: optuna.storages.BaseStorage
+    plan: Callable[[optuna.Trial], tuple[Config, Path]]
+    """A claimed trial's config and run directory, recorded on the trial (``run_dir``): what
+    :meth:`execute` trains, and what a population trains for it."""
+    reporter: Callable[[optuna.Trial, Config], OnEpoch]
+    """What a claimed trial's epochs are reported to (a search's pruner; for both, the check that it was
+    not failed as stale meanwhile)."""
     accept: Callable[[optuna.trial.FrozenTrial], bool] | None = None
     """Which waiting trials this worker may claim now (a study skips a unit whose run another process is
     training: it would only wait for it)."""
@@ -292,16 +296,26 @@ class Work:
     config_of: Callable[[optuna.trial.FrozenTrial], Config | None] | None = None
     """A waiting trial's resolved config, without claiming it (None where it is not known yet): which
     trials can train together as one population."""
-    plan: Callable[[optuna.Trial], tuple[Config, Path]] | None = None
-    """A claimed trial's config and run directory, recorded on the trial (``run_dir``): what ``execute``
-    trains, and what a population trains for it."""
-    reporter: Callable[[optuna.Trial, Config], OnEpoch] | None = None
-    """What a claimed trial's epochs are reported to (a search's pruner; for both, the check that it was
-    not failed as stale meanwhile)."""
     wait_if_busy: bool = False
     """Whether a claimed trial whose run another process trains waits for it (a search: the retry of a
     trial wrongly thought stale, whose first worker stops after its epoch) or is handed back (a study: a
     unit another study shares, trained there; its worker trains something else meanwhile)."""
+
+    def execute(self, trial: optuna.Trial) -> float:
+        """Train a claimed trial alone (its :attr:`plan`, reported to its :attr:`reporter`); returns its
+        value, lower is better whatever the task. A run another process trains is handed back
+        (:class:`HandBack`) unless :attr:`wait_if_busy`."""
+        from attention.runs import RunBusy
+        from attention.tasks import TASKS
+
+        config, run_dir = self.plan(trial)
+        try:
+            result = self.spec.train(
+                config, run_dir, self.reporter(trial, config), wait_if_busy=self.wait_if_busy
+            )
+        except RunBusy as busy:  # a unit another study shares, taken there as this worker got ready
+            raise HandBack(str(busy)) from None
+        return TASKS.get(config.data.task).result_selection(result)
 
     def claimable(self, trial: optuna.trial.FrozenTrial) -> bool:
         return (self.wanted is None or self.wanted(trial)) and (self.accept is None or self.accept(trial))

@@ -95,7 +95,6 @@ def add_partners(work: Work, claimed: list[optuna.Trial]) -> None:
 
 def run_population(work: Work, claimed: list[optuna.Trial]) -> None:
     """Train the claimed trials as one population and record how each ended, as it ends."""
-    assert work.plan is not None and work.reporter is not None
     plan, reporter = work.plan, work.reporter
     study, storage, spec = work.study, work.storage, work.spec
     log.warning("population of %d: trials %s", len(claimed), [t.number for t in claimed])

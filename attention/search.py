@@ -242,10 +242,7 @@ def work(spec: WorkerSpec) -> Work:
 
         return report
 
-    def execute(trial: optuna.Trial) -> float:
-        config, run_dir = plan(trial)
-        result = spec.train(config, run_dir, reporter(trial, config), wait_if_busy=wait_if_busy)
-        return TASKS.get(config.data.task).result_selection(result)
+    resolved: dict[int, Config] = {}  # a draw's config, resolved once: a population's claims ask often
 
     def config_of(trial: optuna.trial.FrozenTrial) -> Config | None:
         from attention.build import resolve_config
@@ -253,19 +250,11 @@ def work(spec: WorkerSpec) -> Work:
         draw = trial.user_attrs.get("draw")
         if not isinstance(draw, int) or not 0 <= draw < len(drawn):
             return None
-        return resolve_config(search.config(drawn[draw]))
+        if draw not in resolved:
+            resolved[draw] = resolve_config(search.config(drawn[draw]))
+        return resolved[draw]
 
-    return Work(
-        spec,
-        execute,
-        refill,
-        study,
-        storage,
-        config_of=config_of,
-        plan=plan,
-        reporter=reporter,
-        wait_if_busy=wait_if_busy,
-    )
+    return Work(spec, refill, study, storage, plan, reporter, config_of=config_of, wait_if_busy=wait_if_busy)
 
 
 def report_epoch(

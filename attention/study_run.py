@@ -23,7 +23,6 @@ from attention import AttentionError
 from attention.config import Config
 from attention.engine import (
     KEY,
-    HandBack,
     Item,
     Work,
     WorkerSpec,
@@ -31,7 +30,7 @@ from attention.engine import (
     enqueue,
 )
 from attention.launch import EngineOptions, launch
-from attention.runs import CHECKPOINT, DEFAULT_RUNS_DIR, RESULT, RunBusy, run_is_busy
+from attention.runs import CHECKPOINT, DEFAULT_RUNS_DIR, RESULT, run_is_busy
 from attention.storage import open_study
 from attention.study import (
     Selection,
@@ -67,7 +66,6 @@ def pending_items(
 
 def work(spec: WorkerSpec) -> Work:
     """What a worker runs for a study (see :func:`attention.engine.worker`)."""
-    from attention.tasks import TASKS
 
     study = load_study(spec.file, smoke=spec.smoke)
     runs_dir = Path(spec.runs_dir)
@@ -112,14 +110,6 @@ def work(spec: WorkerSpec) -> Work:
     def reporter(trial: optuna.Trial, config: Config) -> OnEpoch:
         return lambda row, final: check_still_running(trial)  # a study prunes nothing
 
-    def execute(trial: optuna.Trial) -> float:
-        config, run_dir = plan(trial)
-        try:
-            result = spec.train(config, run_dir, reporter(trial, config))
-        except RunBusy as busy:  # a unit another study shares, taken there as this worker got ready
-            raise HandBack(str(busy)) from None
-        return TASKS.get(config.data.task).result_selection(result)  # lower is better, whatever the task
-
     def config_of(trial: optuna.trial.FrozenTrial) -> Config | None:
         unit = units.get(trial.user_attrs.get(KEY))
         found = resolve(unit) if unit else None
@@ -144,16 +134,15 @@ def work(spec: WorkerSpec) -> Work:
 
     return Work(
         spec,
-        execute,
         refill,
         optuna_study,
         storage,
+        plan,
+        reporter,
         accept=free,
         first=started,
         wanted=wanted,
         config_of=config_of,
-        plan=plan,
-        reporter=reporter,
     )
 
 
